@@ -1,0 +1,190 @@
+"""Build the index of one site directory from installed metadata (importlib-metadata).
+
+Runs only when no fresh index exists: after an install, or the first time.
+Costs tens of milliseconds for a hundred distributions; every process after
+that reads the result instead.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import defaultdict
+
+from popcon_site._index import SiteIndex, stamp_of
+from popcon_site._wire import is_safe_name
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from importlib_metadata import Distribution
+
+_SEPARATORS = re.compile(r"[-_.]+")
+_METADATA_DIR_SUFFIXES = (".dist-info", ".egg-info", ".data")
+_MODULE_SUFFIXES = (".py", ".pyc", ".so", ".pyd", ".pyw")
+
+Parts = tuple[str, ...]
+
+
+def normalize(name: str) -> str:
+    """PEP 503: lower case, runs of ``-``, ``_`` and ``.`` become one ``-``."""
+    return _SEPARATORS.sub("-", name).lower()
+
+
+def build(site_dir: str) -> SiteIndex:
+    """Index every distribution installed in ``site_dir``; broken ones are skipped."""
+    # Stamp first: an install racing with the scan leaves a stale index, never a wrong fresh one.
+    stamp = stamp_of(site_dir) or ""
+    from importlib_metadata import distributions
+
+    owned: dict[Parts, str] = {}
+    roots: dict[str, str] = {}
+    listing: list[str] | None = None
+    for dist in distributions(path=[site_dir]):
+        try:
+            name = normalize(dist.metadata["Name"] or "")
+        except Exception:
+            continue
+        if not is_safe_name(name):
+            continue
+        try:
+            paths = _record_paths(dist)
+            if not paths:
+                if listing is None:
+                    listing = _listing(site_dir)
+                paths = _top_level_paths(dist, listing)
+            for parts in paths:
+                owned.setdefault(parts, name)
+            for root in _editable_roots(dist, site_dir):
+                roots.setdefault(root, name)
+        except Exception:
+            continue
+    return SiteIndex(site_dir, stamp, shortest_unique_prefixes(owned), roots)
+
+
+def shortest_unique_prefixes(owned: dict[Parts, str]) -> dict[str, str]:
+    """Map each path prefix owned by exactly one distribution to it, as short as possible.
+
+    ``yaml/...`` is all pyyaml's, so ``yaml`` is enough; ``google/`` holds
+    files of several distributions, so it is split into ``google/protobuf``,
+    ``google/api``...  A file claimed by two distributions stays unowned.
+    """
+    result: dict[str, str] = {}
+    pending: list[tuple[int, list[tuple[Parts, str]]]] = [(0, list(owned.items()))]
+    while pending:
+        depth, items = pending.pop()
+        groups: dict[Parts, list[tuple[Parts, str]]] = defaultdict(list)
+        for parts, owner in items:
+            if len(parts) > depth:
+                groups[parts[: depth + 1]].append((parts, owner))
+        for prefix, group in groups.items():
+            owners = {owner for _, owner in group}
+            if len(owners) == 1:
+                result["/".join(prefix)] = group[0][1]
+            else:
+                pending.append((depth + 1, group))
+    return result
+
+
+def _record_paths(dist: Distribution) -> list[Parts]:
+    """Installed paths inside the site directory, from RECORD (or installed-files.txt)."""
+    files = dist.files
+    if not files:
+        return []
+    paths = []
+    for file in files:
+        parts = tuple(str(file).replace("\\", "/").split("/"))
+        if _inside_site_dir(parts):
+            paths.append(parts)
+    return paths
+
+
+def _inside_site_dir(parts: Parts) -> bool:
+    return bool(
+        parts
+        and parts[0]
+        and not parts[0].endswith(_METADATA_DIR_SUFFIXES)
+        and ".." not in parts
+        and "__pycache__" not in parts
+        and not any("\n" in part or "\r" in part for part in parts)
+    )
+
+
+def _top_level_paths(dist: Distribution, listing: list[str]) -> list[Parts]:
+    """Without a file list, the site directory entries named in top_level.txt."""
+    text = dist.read_text("top_level.txt") or ""
+    names = {line.strip() for line in text.splitlines() if line.strip()}
+    paths = []
+    for entry in listing:
+        module = entry.split(".", 1)[0]
+        is_module_file = entry != module and entry.endswith(_MODULE_SUFFIXES)
+        if module in names and (entry == module or is_module_file):
+            paths.append((entry,))
+    return paths
+
+
+def _listing(site_dir: str) -> list[str]:
+    try:
+        return os.listdir(site_dir)
+    except OSError:
+        return []
+
+
+def _editable_roots(dist: Distribution, site_dir: str) -> list[str]:
+    """Source directories an editable install put on sys.path (PEP 660 .pth or finder)."""
+    if not _is_editable(dist):
+        return []
+    roots = []
+    for file in dist.files or ():
+        name = str(file)
+        if "/" in name:
+            continue
+        if name.endswith(".pth"):
+            roots += _pth_paths(os.path.join(site_dir, name), site_dir)
+        elif name.startswith("__editable__") and name.endswith("_finder.py"):
+            roots += _finder_mapping_paths(os.path.join(site_dir, name))
+    return [root for root in roots if _usable_root(root)]
+
+
+def _is_editable(dist: Distribution) -> bool:
+    import json
+
+    try:
+        info = json.loads(dist.read_text("direct_url.json") or "{}")
+        return bool(info.get("dir_info", {}).get("editable"))
+    except (ValueError, AttributeError):
+        return False
+
+
+def _pth_paths(pth_file: str, site_dir: str) -> list[str]:
+    with open(pth_file, encoding="utf-8", errors="surrogateescape") as stream:
+        lines = [line.strip() for line in stream]
+    return [
+        os.path.normpath(os.path.join(site_dir, line))
+        for line in lines
+        if line and not line.startswith(("#", "import ", "import\t"))
+    ]
+
+
+def _finder_mapping_paths(finder_file: str) -> list[str]:
+    """setuptools' editable finder keeps ``MAPPING = {'pkg': '/src/pkg'}``; read it as data."""
+    import ast
+
+    with open(finder_file, encoding="utf-8") as stream:
+        tree = ast.parse(stream.read())
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+        value = getattr(node, "value", None)
+        if value is not None and any(getattr(t, "id", None) == "MAPPING" for t in targets):
+            mapping = ast.literal_eval(value)
+            if isinstance(mapping, dict):
+                return [os.path.normpath(str(path)) for path in mapping.values()]
+    return []
+
+
+def _usable_root(root: str) -> bool:
+    """A root must be a real directory, and not the file system root (it would own everything).
+
+    A root may contain site directories (a project with its .venv inside):
+    site directories are matched before editable roots.
+    """
+    return os.path.isabs(root) and root != os.path.dirname(root) and os.path.isdir(root)

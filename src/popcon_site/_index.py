@@ -1,0 +1,197 @@
+"""The persistent module -> distribution index, one file per site directory.
+
+An index maps paths relative to a site directory to the normalized name of
+the distribution that installed them, using the shortest path prefix that
+only one distribution owns (``yaml`` -> pyyaml, ``google/protobuf`` ->
+protobuf, ``six.py`` -> six).  It also lists the source directories of
+editable installs.  It is stamped with the site directory's modification
+time, which changes whenever an installer adds or removes a distribution, so
+a stale index is detected with one ``stat``.
+
+The file is plain text, one value per line, read without any parser that
+could run code.  Loading happens at exit, so this module imports nothing that
+the interpreter has not loaded already.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+
+FORMAT = "popcon-site-index 1"
+MAX_INDEX_BYTES = 64 * 1024 * 1024  # far above any real environment; bounds a hostile file
+SYSTEM_INDEX_SUBDIR = os.path.join("share", "popcon-site", "index")
+
+
+class SiteIndex:
+    """Who owns which path inside one site directory."""
+
+    __slots__ = ("owners", "roots", "site_dir", "stamp")
+
+    def __init__(
+        self, site_dir: str, stamp: str, owners: dict[str, str], roots: dict[str, str]
+    ) -> None:
+        self.site_dir = site_dir
+        self.stamp = stamp
+        self.owners = owners  # "yaml" / "google/protobuf" / "six.py" -> "pyyaml"
+        self.roots = roots  # source directory of an editable install -> distribution
+
+    def owner_of(self, relative_parts: list[str]) -> str | None:
+        """The distribution owning a path inside the site directory, if any."""
+        key = ""
+        for part in relative_parts:
+            key = f"{key}/{part}" if key else part
+            owner = self.owners.get(key)
+            if owner is not None:
+                return owner
+        return None
+
+    def to_text(self) -> str:
+        lines = [FORMAT, self.site_dir, self.stamp, str(len(self.roots))]
+        for mapping in (self.roots, self.owners):
+            for key in sorted(mapping):
+                lines += (key, mapping[key])
+        return "\n".join(lines) + "\n"
+
+
+def parse(text: str, site_dir: str, stamp: str) -> SiteIndex | None:
+    """The index in ``text`` if it is well formed and fresh for ``site_dir``, else None."""
+    lines = text.split("\n")
+    if len(lines) < 5 or lines[0] != FORMAT or lines[1] != site_dir or lines[2] != stamp:
+        return None
+    if lines.pop() != "" or not lines[3].isdigit():
+        return None
+    end_of_roots = 4 + 2 * int(lines[3])
+    if end_of_roots > len(lines) or (len(lines) - end_of_roots) % 2:
+        return None
+    roots = lines[4:end_of_roots]
+    owners = lines[end_of_roots:]
+    return SiteIndex(
+        site_dir,
+        stamp,
+        dict(zip(owners[::2], owners[1::2])),
+        dict(zip(roots[::2], roots[1::2])),
+    )
+
+
+def stamp_of(site_dir: str) -> str | None:
+    """Changes whenever an entry is added to or removed from the directory."""
+    try:
+        st = os.stat(site_dir)
+    except (OSError, ValueError):
+        return None
+    return f"{st.st_mtime_ns}:{st.st_ino}:{st.st_dev}"
+
+
+def file_name(site_dir: str) -> str:
+    """A stable file name for a site directory (FNV-1a: no hashlib import at exit)."""
+    value = 0xCBF29CE484222325
+    for byte in os.fsencode(site_dir):
+        value = ((value ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return f"{value:016x}.idx"
+
+
+def user_cache_dir(environ: os._Environ[str] | dict[str, str] | None = None) -> str | None:
+    """``$PYTHON_POPCONTEST_CACHE_DIR``, else ``$XDG_CACHE_HOME/popcon-site``, else ~/.cache."""
+    env = os.environ if environ is None else environ
+    explicit = env.get("PYTHON_POPCONTEST_CACHE_DIR")
+    if explicit:
+        return explicit if os.path.isabs(explicit) else None
+    xdg = env.get("XDG_CACHE_HOME")
+    if xdg and os.path.isabs(xdg):
+        return os.path.join(xdg, "popcon-site")
+    try:
+        home = os.path.expanduser("~")
+    except Exception:
+        return None
+    if not os.path.isabs(home) or home == "/":
+        return None
+    return os.path.join(home, ".cache", "popcon-site")
+
+
+def system_index_dirs() -> list[str]:
+    """Where ``popcon-site index --system`` writes: inside the environment, for all users."""
+    dirs = [os.path.join(sys.prefix, SYSTEM_INDEX_SUBDIR)]
+    base = os.path.join(sys.base_prefix, SYSTEM_INDEX_SUBDIR)
+    if base not in dirs:
+        dirs.append(base)
+    return dirs
+
+
+def load(directory: str, site_dir: str, stamp: str, shared: bool) -> SiteIndex | None:
+    """Read a fresh index for ``site_dir`` from ``directory``; None if absent, stale or bad.
+
+    A user cache file must belong to this user; a shared (system) one to root,
+    this user or the owner of the directory it sits in.  Symlinks are refused.
+    """
+    path = os.path.join(directory, file_name(site_dir))
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+    except (OSError, ValueError):
+        return None
+    try:
+        info = os.fstat(fd)
+        trusted = {os.geteuid()}
+        if shared:
+            trusted.add(0)
+            trusted.add(os.stat(directory).st_uid)
+        if (
+            not stat.S_ISREG(info.st_mode)
+            or info.st_uid not in trusted
+            or info.st_size > MAX_INDEX_BYTES
+        ):
+            return None
+        chunks = []
+        remaining = info.st_size + 1
+        while remaining > 0:
+            chunk = os.read(fd, remaining)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+        text = b"".join(chunks).decode("utf-8", "surrogateescape")
+    except (OSError, ValueError):
+        return None
+    finally:
+        os.close(fd)
+    try:
+        return parse(text, site_dir, stamp)
+    except (ValueError, MemoryError):
+        return None
+
+
+def save(index: SiteIndex, directory: str, shared: bool = False) -> bool:
+    """Write atomically (temp file + rename) so concurrent writers never leave a torn file.
+
+    User caches are private (0700 directory, 0600 file) and must be a real
+    directory owned by this user; shared ones are readable by everyone.
+    """
+    dir_mode, file_mode = (0o755, 0o644) if shared else (0o700, 0o600)
+    try:
+        os.makedirs(directory, mode=dir_mode, exist_ok=True)
+        info = os.lstat(directory)
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+            return False
+        if not shared and info.st_mode & 0o022:
+            return False
+        data = index.to_text().encode("utf-8", "surrogateescape")
+        final = os.path.join(directory, file_name(index.site_dir))
+        temp = f"{final}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+        fd = os.open(temp, flags | getattr(os, "O_CLOEXEC", 0), file_mode)
+    except (OSError, ValueError):
+        return False
+    try:
+        with os.fdopen(fd, "wb") as stream:
+            stream.write(data)
+        if shared:
+            os.chmod(temp, file_mode)  # the umask may have narrowed it
+        os.replace(temp, final)
+        return True
+    except (OSError, ValueError):
+        try:
+            os.unlink(temp)
+        except OSError:
+            pass
+        return False
