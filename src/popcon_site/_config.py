@@ -141,7 +141,7 @@ def from_environ(environ: Mapping[str, str] | None = None) -> Config:
             port=parse_port(env.get(ENV_PORT, str(DEFAULT_PORT))),
             prefix=parse_prefix(env.get(ENV_PREFIX, DEFAULT_PREFIX)),
             protocol=parse_protocol(env.get(ENV_PROTOCOL, DEFAULT_PROTOCOL)),
-            debug=debug_requested(env),
+            debug=parse_flag(ENV_DEBUG, env.get(ENV_DEBUG, "")),
         )
     except ConfigError:
         raise

@@ -1,0 +1,223 @@
+"""The start-up hook: off costs nothing, on activates once, manual activation works."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import Env, UdpSink, base_environ, enabled, libraries, make_env
+
+PROBE = (
+    "import sys, atexit; "
+    "print('popcon_site' in sys.modules, "
+    "any(type(f).__name__ == 'ImportWatcher' for f in sys.meta_path))"
+)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory, wheel: Path) -> Env:
+    env = make_env(tmp_path_factory.mktemp("activation") / "venv")
+    env.install(str(wheel), "six")
+    return env
+
+
+@pytest.mark.parametrize("value", [None, "", "0", "false", "no", "off", "maybe", "2"])
+def test_off_means_nothing_loaded_nothing_sent(
+    env: Env, sink: UdpSink, home: Path, value: str | None
+) -> None:
+    variables = enabled(sink, home)
+    if value is None:
+        del variables["PYTHON_POPCONTEST_ENABLE"]
+    else:
+        variables["PYTHON_POPCONTEST_ENABLE"] = value
+    proc = env.run("-c", PROBE + "; import six", env=variables)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "False False\n", "")
+    assert sink.drain() == []
+    assert not (home / ".cache").exists(), "off must not touch any file"
+
+
+@pytest.mark.parametrize("value", ["1", "true", "TRUE", "Yes", "on", " On "])
+def test_true_values_activate(env: Env, sink: UdpSink, home: Path, value: str) -> None:
+    proc = env.run(
+        "-c", PROBE + "; import six", env=enabled(sink, home, PYTHON_POPCONTEST_ENABLE=value)
+    )
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "True True\n", "")
+    lines = sink.lines()
+    assert lines == ["python_popcon.library_used.six:1|c", "python_popcon.reports:1|c"]
+
+
+def test_python_c_pass_sends_only_reports(env: Env, sink: UdpSink, home: Path) -> None:
+    proc = env.run("-c", "pass", env=enabled(sink, home))
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "", "")
+    assert sink.drain() == [b"python_popcon.reports:1|c"]
+
+
+def test_activation_happens_once_however_many_paths(env: Env, sink: UdpSink, home: Path) -> None:
+    code = (
+        "import popcon_site, six\n"
+        "assert popcon_site.activate() and popcon_site.setup_reporter()\n"
+        "from popcon_site._start import run; run()\n"
+        "import sys; assert sum(type(f).__name__ == 'ImportWatcher' for f in sys.meta_path) == 1\n"
+    )
+    proc = env.run("-c", code, env=enabled(sink, home))
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert sink.lines() == ["python_popcon.library_used.six:1|c", "python_popcon.reports:1|c"]
+
+
+@pytest.mark.parametrize("flags", [["-I"], ["-E"], ["-s"], ["-B"]], ids=" ".join)
+def test_interpreter_flags(env: Env, sink: UdpSink, home: Path, flags: list[str]) -> None:
+    """-E does not disable it: see README (the variable belongs to popcon-site, not CPython)."""
+    proc = env.run(*flags, "-c", "import six", env=enabled(sink, home))
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert libraries(sink.lines()) == {"six"}
+
+
+def test_pythonsafepath(env: Env, sink: UdpSink, home: Path, tmp_path: Path) -> None:
+    script = tmp_path / "s.py"
+    script.write_text("import six\n")
+    proc = env.run(str(script), env=enabled(sink, home, PYTHONSAFEPATH="1"))
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert libraries(sink.lines()) == {"six"}
+
+
+@pytest.mark.parametrize("call", ["popcon_site.activate()", "popcon_site.setup_reporter()"])
+def test_manual_activation_under_dash_S(env: Env, sink: UdpSink, home: Path, call: str) -> None:
+    """No start-up files run with -S; the explicit call is the opt-in, the baseline is its moment."""
+    variables = enabled(sink, home)
+    del variables["PYTHON_POPCONTEST_ENABLE"]
+    code = (
+        f"import sys; sys.path.append({str(env.site_packages)!r})\n"
+        "import six\n"  # loaded before activation: baseline
+        f"import popcon_site; {call}\n"
+        "import six.moves\n"  # six.moves lives inside six.py: nothing new from a distribution
+    )
+    proc = env.run("-S", "-c", code, env=variables)
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert sink.lines() == ["python_popcon.reports:1|c"]
+
+
+def test_dash_S_alone_does_nothing(env: Env, sink: UdpSink, home: Path) -> None:
+    proc = env.run("-S", "-c", "pass", env=enabled(sink, home))
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert sink.drain() == []
+
+
+@pytest.mark.parametrize(
+    ("prefix", "reports"),
+    [
+        ("python_popcon.library_used", "python_popcon.reports"),
+        ("python_popcon.namespace.jhub-prod.library_used", "python_popcon.namespace.jhub-prod.reports"),
+        ("popcon", "reports"),
+    ],
+)
+def test_prefix_and_reports_names(
+    env: Env, sink: UdpSink, home: Path, prefix: str, reports: str
+) -> None:
+    proc = env.run(
+        "-c", "import six", env=enabled(sink, home, PYTHON_POPCONTEST_STATSD_PREFIX=prefix)
+    )
+    assert proc.returncode == 0
+    assert sink.lines() == [f"{prefix}.six:1|c", f"{reports}:1|c"]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("PYTHON_POPCONTEST_STATSD_PORT", "eighty"),
+        ("PYTHON_POPCONTEST_STATSD_PORT", "70000"),
+        ("PYTHON_POPCONTEST_STATSD_PREFIX", "bad:prefix|c"),
+        ("PYTHON_POPCONTEST_STATSD_PREFIX", "a..b"),
+        ("PYTHON_POPCONTEST_STATSD_HOST", ""),
+        ("PYTHON_POPCONTEST_STATSD_PROTOCOL", "http"),
+        ("PYTHON_POPCONTEST_DEBUG", "verbose"),
+    ],
+)
+def test_invalid_config_disables_silently_or_explains_in_debug(
+    env: Env, sink: UdpSink, home: Path, variable: str, value: str
+) -> None:
+    proc = env.run("-c", "import six", env=enabled(sink, home, **{variable: value}))
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "", "")
+    assert sink.drain() == []
+    if variable == "PYTHON_POPCONTEST_DEBUG":
+        return
+    debug = enabled(sink, home, PYTHON_POPCONTEST_DEBUG="1", **{variable: value})
+    proc = env.run("-c", "import six", env=debug)
+    assert proc.returncode == 0
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith("popcon-site: not reporting: ") and variable in line
+    assert sink.drain() == []
+
+
+def test_debug_mode_prints_one_line(env: Env, sink: UdpSink, home: Path) -> None:
+    proc = env.run("-c", "import six", env=enabled(sink, home, PYTHON_POPCONTEST_DEBUG="1"))
+    assert proc.returncode == 0
+    assert proc.stderr == (
+        f"popcon-site: sent six + reports to 127.0.0.1:{sink.port} over udp in 1 datagram(s)\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("code", "status"),
+    [("import six, sys; sys.exit(3)", 3), ("import six, os; os.kill(os.getpid(), 0)", 0)],
+)
+def test_exit_status_is_unchanged(
+    env: Env, sink: UdpSink, home: Path, code: str, status: int
+) -> None:
+    proc = env.run("-c", code, env=enabled(sink, home))
+    assert (proc.returncode, proc.stderr) == (status, "")
+    assert libraries(sink.lines()) == {"six"}
+
+
+def test_uncaught_exception_keeps_its_traceback_and_status(
+    env: Env, sink: UdpSink, home: Path
+) -> None:
+    proc = env.run("-c", "import six; raise ValueError('boom')", env=enabled(sink, home))
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == "ValueError: boom"
+    assert "popcon" not in proc.stderr
+    assert libraries(sink.lines()) == {"six"}
+
+
+def test_ipv6_literal(env: Env, home: Path) -> None:
+    import socket
+
+    from conftest import UdpSink as Sink
+
+    try:
+        sink6 = Sink(socket.AF_INET6, "::1")
+    except OSError:
+        pytest.fail("this machine has no IPv6 loopback")
+    try:
+        for host in ("::1", "[::1]"):
+            variables = enabled(sink6, home, PYTHON_POPCONTEST_STATSD_HOST=host)
+            proc = env.run("-c", "import six", env=variables)
+            assert (proc.returncode, proc.stderr) == (0, "")
+            assert libraries(sink6.lines()) == {"six"}
+    finally:
+        sink6.close()
+
+
+def test_host_name_goes_through_the_resolver(env: Env, sink: UdpSink, home: Path) -> None:
+    # "LOCALHOST" is not the literal "localhost" shortcut, so it takes the real
+    # getaddrinfo path in the resolver thread (/etc/hosts matches names case-insensitively).
+    variables = enabled(sink, home, PYTHON_POPCONTEST_STATSD_HOST="LOCALHOST")
+    proc = env.run("-c", "import six", env=variables)
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert libraries(sink.lines()) == {"six"}
+
+
+def test_uninstall_removes_the_hook(tmp_path: Path, wheel: Path) -> None:
+    env = make_env(tmp_path / "venv", pip=True)
+    pip = [str(env.python), "-m", "pip", "--quiet"]
+    subprocess.run([*pip, "install", "--no-deps", str(wheel)], check=True, env=base_environ())
+    site = env.site_packages
+    installed = {
+        site / "popcon_site.pth",
+        site / "popcon_site.start",
+        env.root / "etc" / "ipython" / "startup" / "00-popcon-site.py",
+    }
+    assert all(path.exists() for path in installed)
+    subprocess.run([*pip, "uninstall", "-y", "popcon-site"], check=True, env=base_environ())
+    assert not any(path.exists() for path in installed)
