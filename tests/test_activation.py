@@ -19,7 +19,7 @@ PROBE = (
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory, wheel: Path) -> Env:
     env = make_env(tmp_path_factory.mktemp("activation") / "venv")
-    env.install(str(wheel), "six")
+    env.install(str(wheel), "six", "typing_extensions")
     return env
 
 
@@ -89,13 +89,13 @@ def test_manual_activation_under_dash_S(env: Env, sink: UdpSink, home: Path, cal
     del variables["PYTHON_POPCONTEST_ENABLE"]
     code = (
         f"import sys; sys.path.append({str(env.site_packages)!r})\n"
-        "import six\n"  # loaded before activation: baseline
+        "import typing_extensions\n"  # loaded before activation: baseline
         f"import popcon_site; {call}\n"
-        "import six.moves\n"  # six.moves lives inside six.py: nothing new from a distribution
+        "import six\n"
     )
     proc = env.run("-S", "-c", code, env=variables)
     assert (proc.returncode, proc.stderr) == (0, "")
-    assert sink.lines() == ["python_popcon.reports:1|c"]
+    assert sink.lines() == ["python_popcon.library_used.six:1|c", "python_popcon.reports:1|c"]
 
 
 def test_dash_S_alone_does_nothing(env: Env, sink: UdpSink, home: Path) -> None:
