@@ -59,18 +59,21 @@ def locate_unloaded(name: str) -> str | None:
 
 
 def site_dirs() -> list[str]:
-    """The site directories of this interpreter (environment, base when visible, user site)."""
+    """The site directories of this interpreter (environment, base when visible, user site).
+
+    Also any ``site-packages`` / ``dist-packages`` directory on ``sys.path``:
+    with ``-S`` or in an embedded interpreter the program adds them itself.
+    """
+    dirs = [
+        entry
+        for entry in sys.path
+        if isinstance(entry, str) and os.path.basename(entry) in ("site-packages", "dist-packages")
+    ]
     try:
         import site
-    except Exception:
-        return []
-    dirs: list[str] = []
-    try:
+
         dirs += site.getsitepackages()
-    except Exception:
-        pass
-    try:
-        if site.ENABLE_USER_SITE:
+        if site.ENABLE_USER_SITE and not sys.flags.no_user_site:
             dirs.append(site.getusersitepackages())
     except Exception:
         pass
