@@ -120,6 +120,21 @@ def _after_fork_in_child() -> None:
     session.pid = os.getpid()
     if session.resolution is not None:
         session.resolution = session.resolution.for_child()
+    # multiprocessing's fork and forkserver children end with os._exit(), which
+    # skips atexit; they do run multiprocessing's own exit finalizers.
+    mp_util = sys.modules.get("multiprocessing.util")
+    if mp_util is not None:
+        try:
+            mp_util.register_after_fork(_at_exit, _report_from_multiprocessing_exit)
+        except Exception:
+            pass
+
+
+def _report_from_multiprocessing_exit(callback: object) -> None:
+    """Runs in a multiprocessing child after its finalizer registry was reset."""
+    mp_util = sys.modules.get("multiprocessing.util")
+    if mp_util is not None:
+        mp_util.Finalize(None, callback, exitpriority=-1000)
 
 
 def _at_exit() -> None:

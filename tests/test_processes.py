@@ -1,0 +1,123 @@
+"""Watcher semantics across threads, fork and multiprocessing start methods."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import Env, UdpSink, enabled, libraries, make_env
+
+REPORTS = "python_popcon.reports:1|c"
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory, wheel: Path) -> Env:
+    env = make_env(tmp_path_factory.mktemp("processes") / "venv")
+    env.install(str(wheel), "six", "typing_extensions", "attrs", "idna")
+    return env
+
+
+def packets_by_process(sink: UdpSink) -> list[set[str]]:
+    """One set of libraries per received report (each process sends one datagram here)."""
+    result = []
+    for packet in sink.drain():
+        lines = packet.decode("ascii").split("\n")
+        assert lines[-1] == REPORTS, lines
+        result.append(libraries(lines))
+    return result
+
+
+def test_imports_in_threads_count(env: Env, sink: UdpSink, home: Path) -> None:
+    code = (
+        "import threading\n"
+        "t = threading.Thread(target=lambda: __import__('six')); t.start(); t.join()\n"
+    )
+    proc = env.run("-c", code, env=enabled(sink, home))
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert packets_by_process(sink) == [{"six"}]
+
+
+def test_daemon_thread_importing_during_exit(env: Env, sink: UdpSink, home: Path) -> None:
+    code = (
+        "import threading, sys, importlib\n"
+        "def churn():\n"
+        "    i = 0\n"
+        "    while True:\n"
+        "        sys.modules.pop('six', None); importlib.import_module('six'); i += 1\n"
+        "threading.Thread(target=churn, daemon=True).start()\n"
+        "import time; time.sleep(0.05)\n"
+    )
+    for _ in range(5):
+        proc = env.run("-c", code, env=enabled(sink, home))
+        assert (proc.returncode, proc.stderr) == (0, "")
+    assert packets_by_process(sink) == [{"six"}] * 5
+
+
+def test_fork_child_reports_only_its_own_imports(env: Env, sink: UdpSink, home: Path) -> None:
+    code = (
+        "import os, six\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    import attr\n"
+        "    raise SystemExit(0)\n"  # normal exit: atexit runs in the child
+        "os.waitpid(pid, 0)\n"
+        "import idna\n"
+    )
+    proc = env.run("-c", code, env=enabled(sink, home))
+    assert (proc.returncode, proc.stderr) == (0, "")
+    reports = packets_by_process(sink)
+    assert sorted(reports, key=sorted) == sorted([{"attrs"}, {"six", "idna"}], key=sorted)
+
+
+def test_fork_child_that_imports_nothing_reports_nothing_inherited(
+    env: Env, sink: UdpSink, home: Path
+) -> None:
+    code = (
+        "import os, six\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    raise SystemExit(0)\n"
+        "os.waitpid(pid, 0)\n"
+    )
+    proc = env.run("-c", code, env=enabled(sink, home))
+    assert proc.returncode == 0
+    assert sorted(packets_by_process(sink), key=len) == [set(), {"six"}]
+
+
+def test_os_exit_in_fork_child_sends_nothing(env: Env, sink: UdpSink, home: Path) -> None:
+    code = (
+        "import os, six\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    import attr; os._exit(0)\n"
+        "os.waitpid(pid, 0)\n"
+    )
+    proc = env.run("-c", code, env=enabled(sink, home))
+    assert proc.returncode == 0
+    assert packets_by_process(sink) == [{"six"}]
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver", "fork"])
+def test_spawned_processes_report_on_their_own(
+    env: Env, sink: UdpSink, home: Path, tmp_path: Path, method: str
+) -> None:
+    script = tmp_path / "mp.py"
+    script.write_text(
+        "import multiprocessing as mp\n"
+        "def work(_):\n"
+        "    import attr\n"
+        "    return 1\n"
+        "if __name__ == '__main__':\n"
+        "    import six\n"
+        f"    ctx = mp.get_context({method!r})\n"
+        "    p = ctx.Process(target=work, args=(0,)); p.start(); p.join()\n"
+        "    assert p.exitcode == 0\n"
+    )
+    proc = env.run(str(script), env=enabled(sink, home))
+    assert (proc.returncode, proc.stderr) == (0, "")
+    reports = packets_by_process(sink)
+    assert {"six"} in reports, reports
+    assert {"attrs"} in reports, reports
+    # forkserver adds its server process, which imports nothing of its own.
+    assert all(r in ({"six"}, {"attrs"}, set()) for r in reports), reports
