@@ -169,7 +169,7 @@ def save(index: SiteIndex, directory: str, shared: bool = False) -> bool:
     """
     dir_mode, file_mode = (0o755, 0o644) if shared else (0o700, 0o600)
     try:
-        os.makedirs(directory, mode=dir_mode, exist_ok=True)
+        _make_dirs(directory, dir_mode)
         info = os.lstat(directory)
         if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
             return False
@@ -195,3 +195,15 @@ def save(index: SiteIndex, directory: str, shared: bool = False) -> bool:
         except OSError:
             pass
         return False
+
+
+def _make_dirs(directory: str, mode: int) -> None:
+    """Create the directory and at most its parent (``~/.cache``), never a missing home."""
+    parent = os.path.dirname(directory)
+    if not os.path.isdir(os.path.dirname(parent)):
+        raise FileNotFoundError(directory)
+    for path in (parent, directory):
+        try:
+            os.mkdir(path, mode)
+        except FileExistsError:
+            pass

@@ -1,0 +1,209 @@
+"""Never harm the host process: bounded exit, silence, read-only and odd homes."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import socket
+import statistics
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import Env, UdpSink, base_environ, enabled, libraries, make_env
+
+HANG_PTH = (
+    "import _socket, time; "
+    "_socket.getaddrinfo = lambda *args, **kwargs: time.sleep(3600)\n"
+)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory, wheel: Path) -> Env:
+    env = make_env(tmp_path_factory.mktemp("safety") / "venv")
+    env.install(str(wheel), "six")
+    return env
+
+
+@pytest.fixture(scope="module")
+def hanging_resolver_env(tmp_path_factory: pytest.TempPathFactory, wheel: Path) -> Env:
+    """An environment whose resolver never answers (patched before popcon-site starts)."""
+    env = make_env(tmp_path_factory.mktemp("hang") / "venv")
+    env.install(str(wheel), "six")
+    (env.site_packages / "00_hanging_resolver.pth").write_text(HANG_PTH)
+    return env
+
+
+def median_runtime(env: Env, variables: dict[str, str], code: str, runs: int = 5) -> float:
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        proc = env.run("-c", code, env=variables)
+        times.append(time.perf_counter() - start)
+        assert (proc.returncode, proc.stdout, proc.stderr) == (0, "", "")
+    return statistics.median(times)
+
+
+def test_resolver_that_never_answers_costs_at_most_a_quarter_second(
+    hanging_resolver_env: Env, sink: UdpSink, home: Path
+) -> None:
+    on = enabled(sink, home, PYTHON_POPCONTEST_STATSD_HOST="statsd.example.internal")
+    off = dict(on)
+    del off["PYTHON_POPCONTEST_ENABLE"]
+    without = median_runtime(hanging_resolver_env, off, "import six")
+    with_hang = median_runtime(hanging_resolver_env, on, "import six")
+    assert with_hang - without <= 0.25, (with_hang, without)
+    assert sink.drain() == []
+    debug = dict(on, PYTHON_POPCONTEST_DEBUG="1")
+    proc = hanging_resolver_env.run("-c", "import six", env=debug)
+    assert proc.stderr == (
+        "popcon-site: not sent (six): cannot resolve 'statsd.example.internal'\n"
+    )
+
+
+@pytest.mark.parametrize("protocol", ["udp", "tcp"])
+def test_closed_port_costs_milliseconds(
+    env: Env, home: Path, protocol: str
+) -> None:
+    kind = socket.SOCK_DGRAM if protocol == "udp" else socket.SOCK_STREAM
+    with socket.socket(socket.AF_INET, kind) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed once the block ends
+    on = base_environ(
+        HOME=str(home),
+        PYTHON_POPCONTEST_ENABLE="1",
+        PYTHON_POPCONTEST_STATSD_HOST="127.0.0.1",
+        PYTHON_POPCONTEST_STATSD_PORT=str(port),
+        PYTHON_POPCONTEST_STATSD_PROTOCOL=protocol,
+    )
+    env.run("-c", "import six", env=on)  # warm the index
+    off = dict(on)
+    del off["PYTHON_POPCONTEST_ENABLE"]
+    delta = median_runtime(env, on, "import six") - median_runtime(env, off, "import six")
+    assert delta < 0.1, delta
+
+
+class TcpCollector:
+    """A real TCP statsd-style listener that keeps every byte of every connection."""
+
+    def __init__(self, read: bool = True) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.data: list[bytes] = []
+        self.read = read
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            if not self.read:
+                self.held.append(conn)  # accept, never read
+                continue
+            chunks = []
+            with conn:
+                while chunk := conn.recv(65536):
+                    chunks.append(chunk)
+            self.data.append(b"".join(chunks))
+
+    def close(self) -> None:
+        self.server.close()
+        for conn in self.held:
+            conn.close()
+
+
+def test_tcp_transport_sends_statsd_stream_bytes(env: Env, home: Path, sink: UdpSink) -> None:
+    collector = TcpCollector()
+    try:
+        variables = enabled(
+            sink, home,
+            PYTHON_POPCONTEST_STATSD_PORT=str(collector.port),
+            PYTHON_POPCONTEST_STATSD_PROTOCOL="tcp",
+        )
+        proc = env.run("-c", "import six", env=variables)
+        assert (proc.returncode, proc.stdout, proc.stderr) == (0, "", "")
+        deadline = time.monotonic() + 5
+        while not collector.data and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert collector.data == [b"python_popcon.library_used.six:1|c\npython_popcon.reports:1|c\n"]
+    finally:
+        collector.close()
+
+
+def test_tcp_server_that_never_reads(env: Env, home: Path, sink: UdpSink) -> None:
+    collector = TcpCollector(read=False)
+    try:
+        variables = enabled(
+            sink, home,
+            PYTHON_POPCONTEST_STATSD_PORT=str(collector.port),
+            PYTHON_POPCONTEST_STATSD_PROTOCOL="tcp",
+        )
+        start = time.perf_counter()
+        proc = env.run("-c", "import six", env=variables)
+        assert (proc.returncode, proc.stdout, proc.stderr) == (0, "", "")
+        assert time.perf_counter() - start < 5
+    finally:
+        collector.close()
+
+
+def test_tcp_does_not_count_the_reporters_statsd_import(env: Env, home: Path, sink: UdpSink) -> None:
+    collector = TcpCollector()
+    try:
+        variables = enabled(
+            sink, home,
+            PYTHON_POPCONTEST_STATSD_PORT=str(collector.port),
+            PYTHON_POPCONTEST_STATSD_PROTOCOL="tcp",
+        )
+        assert env.run("-c", "pass", env=variables).returncode == 0
+        deadline = time.monotonic() + 5
+        while not collector.data and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert collector.data == [b"python_popcon.reports:1|c\n"]
+    finally:
+        collector.close()
+
+
+def run_with_read_only(env: Env, read_only: list[Path], variables: dict[str, str], code: str):  # type: ignore[no-untyped-def]
+    """Run with some directories mounted read-only (a private mount namespace)."""
+    mounts = " && ".join(
+        f"mount --bind {shlex.quote(str(p))} {shlex.quote(str(p))} && "
+        f"mount -o remount,ro,bind {shlex.quote(str(p))}"
+        for p in read_only
+    )
+    script = f"{mounts} && exec {shlex.quote(str(env.python))} -c {shlex.quote(code)}"
+    if os.geteuid() != 0:
+        pytest.fail("read-only mounts need root (the CI runs as root)")
+    return subprocess.run(
+        ["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, env=variables
+    )
+
+
+def test_read_only_site_packages_and_home(env: Env, sink: UdpSink, home: Path) -> None:
+    variables = enabled(sink, home)
+    proc = run_with_read_only(env, [env.site_packages, home], variables, "import six")
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "", "")
+    assert libraries(sink.lines()) == {"six"}
+    assert not (home / ".cache").exists()
+
+
+@pytest.mark.parametrize("case", ["unset", "missing", "relative-xdg"])
+def test_odd_home(env: Env, sink: UdpSink, tmp_path: Path, case: str) -> None:
+    variables = enabled(sink, tmp_path)
+    del variables["XDG_CACHE_HOME"]
+    if case == "unset":
+        del variables["HOME"]
+    elif case == "missing":
+        variables["HOME"] = str(tmp_path / "does-not-exist")
+    else:
+        variables["XDG_CACHE_HOME"] = "relative/cache"
+    proc = env.run("-c", "import six", env=variables, cwd=tmp_path)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "", "")
+    assert libraries(sink.lines()) == {"six"}
+    assert not (tmp_path / "does-not-exist").exists(), "a missing home is never created"
+    assert not (tmp_path / "relative").exists()
