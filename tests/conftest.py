@@ -23,7 +23,14 @@ ROOT = Path(__file__).resolve().parent.parent
 PREFIX = "python_popcon.library_used."
 
 # Variables of the test runner that must not leak into the processes under test.
-_SCRUBBED = ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONSAFEPATH", "VIRTUAL_ENV", "PYTHONNOUSERSITE")
+_SCRUBBED = (
+    "PYTHONPATH",
+    "PYTHONHOME",
+    "PYTHONSTARTUP",
+    "PYTHONSAFEPATH",
+    "VIRTUAL_ENV",
+    "PYTHONNOUSERSITE",
+)
 
 
 def base_environ(**extra: str) -> dict[str, str]:
@@ -58,8 +65,15 @@ class Env:
     def site_packages(self) -> Path:
         if not self._purelib:
             out = subprocess.run(
-                [str(self.python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                check=True, capture_output=True, text=True, env=base_environ(),
+                [
+                    str(self.python),
+                    "-c",
+                    "import sysconfig; print(sysconfig.get_paths()['purelib'])",
+                ],
+                check=True,
+                capture_output=True,
+                text=True,
+                env=base_environ(),
             )
             self._purelib = out.stdout.strip()
         return Path(self._purelib)
@@ -67,7 +81,8 @@ class Env:
     def install(self, *args: str) -> None:
         subprocess.run(
             [uv(), "pip", "install", "--quiet", "--python", str(self.python), *args],
-            check=True, env=base_environ(),
+            check=True,
+            env=base_environ(),
         )
 
     def run(
@@ -79,7 +94,11 @@ class Env:
     ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [str(self.python), *args],
-            capture_output=True, text=True, env=dict(env or base_environ()), cwd=cwd, timeout=timeout,
+            capture_output=True,
+            text=True,
+            env=dict(env or base_environ()),
+            cwd=cwd,
+            timeout=timeout,
         )
 
 
@@ -129,7 +148,7 @@ def libraries(lines: list[str], prefix: str = PREFIX) -> set[str]:
         name, _, value = line.partition(":")
         assert value == "1|c", f"unexpected line {line!r}"
         if name.startswith(prefix):
-            found.add(name[len(prefix):])
+            found.add(name[len(prefix) :])
     return found
 
 
@@ -138,9 +157,20 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The package's wheel, built once from this checkout with hatchling."""
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-         "-w", str(out), str(ROOT)],
-        check=True, env=base_environ(),
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(out),
+            str(ROOT),
+        ],
+        check=True,
+        env=base_environ(),
     )
     (built,) = out.glob("popcon_site-*.whl")
     return built
@@ -152,10 +182,20 @@ def zoo(tmp_path_factory: pytest.TempPathFactory, wheel: Path) -> Env:
     env = make_env(tmp_path_factory.mktemp("zoo") / "venv")
     env.install(
         str(wheel),
-        "pyyaml", "pillow", "beautifulsoup4", "python-dateutil",
-        "protobuf", "googleapis-common-protos",
-        "zope.interface", "ruamel.yaml", "ruamel.yaml.clib",
-        "six", "typing_extensions", "attrs", "requests", "msgpack",
+        "pyyaml",
+        "pillow",
+        "beautifulsoup4",
+        "python-dateutil",
+        "protobuf",
+        "googleapis-common-protos",
+        "zope.interface",
+        "ruamel.yaml",
+        "ruamel.yaml.clib",
+        "six",
+        "typing_extensions",
+        "attrs",
+        "requests",
+        "msgpack",
     )
     return env
 

@@ -84,7 +84,7 @@ def test_pythonsafepath(env: Env, sink: UdpSink, home: Path, tmp_path: Path) -> 
 
 @pytest.mark.parametrize("call", ["popcon_site.activate()", "popcon_site.setup_reporter()"])
 def test_manual_activation_under_dash_S(env: Env, sink: UdpSink, home: Path, call: str) -> None:
-    """No start-up files run with -S; the explicit call is the opt-in, the baseline is its moment."""
+    """No start-up files run with -S: the explicit call opts in; its moment is the baseline."""
     variables = enabled(sink, home)
     del variables["PYTHON_POPCONTEST_ENABLE"]
     code = (
@@ -108,7 +108,10 @@ def test_dash_S_alone_does_nothing(env: Env, sink: UdpSink, home: Path) -> None:
     ("prefix", "reports"),
     [
         ("python_popcon.library_used", "python_popcon.reports"),
-        ("python_popcon.namespace.jhub-prod.library_used", "python_popcon.namespace.jhub-prod.reports"),
+        (
+            "python_popcon.namespace.jhub-prod.library_used",
+            "python_popcon.namespace.jhub-prod.reports",
+        ),
         ("popcon", "reports"),
     ],
 )

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
-
-import json
 
 from conftest import Env, UdpSink, base_environ, enabled, libraries
 
@@ -101,7 +100,7 @@ def test_script_directory_and_unowned_paths_never_count(
     extra.mkdir()
     (extra / "stray.py").write_text("X = 1\n")
     script = tmp_path / "main.py"
-    script.write_text("import sys; sys.path.append(%r)\nimport helper, stray\n" % str(extra))
+    script.write_text(f"import sys; sys.path.append({str(extra)!r})\nimport helper, stray\n")
     proc = zoo.run(str(script), env=enabled(sink, home))
     assert proc.returncode == 0, proc.stderr
     assert libraries(sink.lines()) == {"pyyaml"}
@@ -119,7 +118,7 @@ def test_reporter_machinery_is_not_counted(zoo: Env, sink: UdpSink, home: Path) 
 def test_module_deleted_before_exit_still_counts(zoo: Env, sink: UdpSink, home: Path) -> None:
     code = (
         "import sys, six, yaml\n"
-        "for name in [n for n in sys.modules if n == 'six' or n == 'yaml' or n.startswith('yaml.')]:\n"
+        "for name in [n for n in sys.modules if n in ('six', 'yaml') or n.startswith('yaml.')]:\n"
         "    del sys.modules[name]\n"
     )
     assert sent(zoo, sink, home, code) == {"six", "pyyaml"}

@@ -15,10 +15,7 @@ import pytest
 
 from conftest import Env, UdpSink, base_environ, enabled, libraries, make_env
 
-HANG_PTH = (
-    "import _socket, time; "
-    "_socket.getaddrinfo = lambda *args, **kwargs: time.sleep(3600)\n"
-)
+HANG_PTH = "import _socket, time; _socket.getaddrinfo = lambda *args, **kwargs: time.sleep(3600)\n"
 
 
 @pytest.fixture(scope="module")
@@ -65,9 +62,7 @@ def test_resolver_that_never_answers_costs_at_most_a_quarter_second(
 
 
 @pytest.mark.parametrize("protocol", ["udp", "tcp"])
-def test_closed_port_costs_milliseconds(
-    env: Env, home: Path, protocol: str
-) -> None:
+def test_closed_port_costs_milliseconds(env: Env, home: Path, protocol: str) -> None:
     kind = socket.SOCK_DGRAM if protocol == "udp" else socket.SOCK_STREAM
     with socket.socket(socket.AF_INET, kind) as probe:
         probe.bind(("127.0.0.1", 0))
@@ -122,7 +117,8 @@ def test_tcp_transport_sends_statsd_stream_bytes(env: Env, home: Path, sink: Udp
     collector = TcpCollector()
     try:
         variables = enabled(
-            sink, home,
+            sink,
+            home,
             PYTHON_POPCONTEST_STATSD_PORT=str(collector.port),
             PYTHON_POPCONTEST_STATSD_PROTOCOL="tcp",
         )
@@ -131,7 +127,9 @@ def test_tcp_transport_sends_statsd_stream_bytes(env: Env, home: Path, sink: Udp
         deadline = time.monotonic() + 5
         while not collector.data and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert collector.data == [b"python_popcon.library_used.six:1|c\npython_popcon.reports:1|c\n"]
+        assert collector.data == [
+            b"python_popcon.library_used.six:1|c\npython_popcon.reports:1|c\n"
+        ]
     finally:
         collector.close()
 
@@ -140,7 +138,8 @@ def test_tcp_server_that_never_reads(env: Env, home: Path, sink: UdpSink) -> Non
     collector = TcpCollector(read=False)
     try:
         variables = enabled(
-            sink, home,
+            sink,
+            home,
             PYTHON_POPCONTEST_STATSD_PORT=str(collector.port),
             PYTHON_POPCONTEST_STATSD_PROTOCOL="tcp",
         )
@@ -152,11 +151,14 @@ def test_tcp_server_that_never_reads(env: Env, home: Path, sink: UdpSink) -> Non
         collector.close()
 
 
-def test_tcp_does_not_count_the_reporters_statsd_import(env: Env, home: Path, sink: UdpSink) -> None:
+def test_tcp_does_not_count_the_reporters_statsd_import(
+    env: Env, home: Path, sink: UdpSink
+) -> None:
     collector = TcpCollector()
     try:
         variables = enabled(
-            sink, home,
+            sink,
+            home,
             PYTHON_POPCONTEST_STATSD_PORT=str(collector.port),
             PYTHON_POPCONTEST_STATSD_PROTOCOL="tcp",
         )

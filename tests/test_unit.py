@@ -17,7 +17,10 @@ from popcon_site._build import normalize, shortest_unique_prefixes
 def test_defaults_match_the_earlier_readme() -> None:
     config = _config.from_environ({})
     assert (config.host, config.port, config.prefix, config.protocol) == (
-        "localhost", 8125, "python_popcon.library_used", "udp"
+        "localhost",
+        8125,
+        "python_popcon.library_used",
+        "udp",
     )
     assert config.reports_name == "python_popcon.reports"
 
@@ -69,15 +72,21 @@ def test_accepted_spellings() -> None:
 
 @pytest.mark.parametrize(
     ("name", "normalized"),
-    [("ruamel.yaml", "ruamel-yaml"), ("Zope.Interface", "zope-interface"),
-     ("typing_extensions", "typing-extensions"), ("a-_.b", "a-b")],
+    [
+        ("ruamel.yaml", "ruamel-yaml"),
+        ("Zope.Interface", "zope-interface"),
+        ("typing_extensions", "typing-extensions"),
+        ("a-_.b", "a-b"),
+    ],
 )
 def test_pep503_normalization(name: str, normalized: str) -> None:
     assert normalize(name) == normalized
     assert _wire.is_safe_name(normalized)
 
 
-@pytest.mark.parametrize("name", ["", "a:b", "a|c", "a@b", "a#b", "a\nb", "é", "-a", "a-", "x" * 201, "A"])
+@pytest.mark.parametrize(
+    "name", ["", "a:b", "a|c", "a@b", "a#b", "a\nb", "é", "-a", "a-", "x" * 201, "A"]
+)
 def test_unsafe_names_never_reach_the_wire(name: str) -> None:
     assert not _wire.is_safe_name(name)
     assert _wire.counter_lines("p", "reports", [name]) == ["reports:1|c"]
@@ -135,7 +144,10 @@ def test_shortest_unique_prefixes() -> None:
 
 def sample_index(site_dir: str = "/env/site-packages", stamp: str = "1:2:3") -> _index.SiteIndex:
     return _index.SiteIndex(
-        site_dir, stamp, {"yaml": "pyyaml", "google/protobuf": "protobuf"}, {"/src/proj/src": "proj"}
+        site_dir,
+        stamp,
+        {"yaml": "pyyaml", "google/protobuf": "protobuf"},
+        {"/src/proj/src": "proj"},
     )
 
 

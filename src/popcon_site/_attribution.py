@@ -49,9 +49,9 @@ def locate_unloaded(name: str) -> str | None:
             return None
         if spec is None:
             return None
-        if spec.has_location and isinstance(spec.origin, str):
-            if depth == len(parts) or not spec.submodule_search_locations:
-                return str(spec.origin)
+        is_last = depth == len(parts) or not spec.submodule_search_locations
+        if spec.has_location and isinstance(spec.origin, str) and is_last:
+            return str(spec.origin)
         search_path = spec.submodule_search_locations
         if search_path is None:
             return None

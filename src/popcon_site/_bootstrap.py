@@ -93,7 +93,9 @@ def activate() -> bool:
                 _debug(f"not reporting: {error}")
             return False
         if config.host != "localhost" and not _looks_numeric(config.host):
-            from popcon_site import _resolve  # starts a background lookup: exit must not wait on DNS
+            from popcon_site import (
+                _resolve,
+            )  # starts a background lookup: exit must not wait on DNS
 
             session.resolution = _resolve.start(config.host, config.port)
         sys.meta_path.insert(0, session.watcher)

@@ -16,7 +16,9 @@ from popcon_site._wire import is_safe_name
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from importlib_metadata import Distribution
+    from typing import Any
+
+    Distribution = Any  # importlib-metadata's Distribution or its IDistribution protocol
 
 _SEPARATORS = re.compile(r"[-_.]+")
 _METADATA_DIR_SUFFIXES = (".dist-info", ".egg-info", ".data")
@@ -113,7 +115,7 @@ def _top_level_paths(dist: Distribution, listing: list[str]) -> list[Parts]:
     """Without a file list, the site directory entries named in top_level.txt."""
     text = dist.read_text("top_level.txt") or ""
     names = {line.strip() for line in text.splitlines() if line.strip()}
-    paths = []
+    paths: list[Parts] = []
     for entry in listing:
         module = entry.split(".", 1)[0]
         is_module_file = entry != module and entry.endswith(_MODULE_SUFFIXES)

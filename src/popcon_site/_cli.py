@@ -56,7 +56,8 @@ def _parser() -> argparse.ArgumentParser:
 
     index = commands.add_parser("index", help="build the module -> distribution index now")
     index.add_argument(
-        "--system", action="store_true",
+        "--system",
+        action="store_true",
         help="write it into the environment for all users (run after installing packages)",
     )
     index.add_argument("--json", action="store_true", help="machine-readable output")
@@ -125,8 +126,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     if config is None:
         print(f"config        INVALID: {config_error}")
     else:
-        print(f"statsd        {config.host}:{config.port} over {config.protocol}"
-              f" (resolves: {'yes' if resolves else 'NO'})")
+        print(
+            f"statsd        {config.host}:{config.port} over {config.protocol}"
+            f" (resolves: {'yes' if resolves else 'NO'})"
+        )
         print(f"metrics       {config.prefix}.<distribution>, {config.reports_name}")
     print(f"cache         {cache_dir or 'none (no usable home or cache directory)'}")
     for entry in indexes:
@@ -163,8 +166,10 @@ def cmd_which(args: argparse.Namespace) -> int:
         origin = spec.origin if spec.has_location else None
         if origin is None:
             locations = list(spec.submodule_search_locations or [])
-            reason = "namespace package: its submodules are counted" if locations else (
-                "built in or frozen: part of the interpreter, never counted"
+            reason = (
+                "namespace package: its submodules are counted"
+                if locations
+                else ("built in or frozen: part of the interpreter, never counted")
             )
             rows.append({"module": name, "file": None, "distribution": None, "reason": reason})
             continue
@@ -176,8 +181,11 @@ def cmd_which(args: argparse.Namespace) -> int:
             owner = None
         elif owner is not None:
             reason = "installed file of this distribution (from its RECORD)"
-        elif decided and attributor.stdlib and origin.startswith(attributor.stdlib + os.sep) and not any(
-            origin.startswith(d + os.sep) for d in attributor.site_dirs
+        elif (
+            decided
+            and attributor.stdlib
+            and origin.startswith(attributor.stdlib + os.sep)
+            and not any(origin.startswith(d + os.sep) for d in attributor.site_dirs)
         ):
             reason = "standard library: never counted"
         else:
@@ -266,8 +274,13 @@ def cmd_watch(args: argparse.Namespace) -> int:
         name[len(prefix) + 1 :]: n for name, n in counts.items() if name.startswith(prefix + ".")
     }
     if args.json:
-        print(json.dumps({"exit_status": status, "processes": processes, "libraries": libraries},
-                         indent=2, sort_keys=True))
+        print(
+            json.dumps(
+                {"exit_status": status, "processes": processes, "libraries": libraries},
+                indent=2,
+                sort_keys=True,
+            )
+        )
     else:
         # Printed after the command ended, so it never interleaves with its output.
         print(f"popcon-site watch: {processes} process(es) reported")
@@ -284,30 +297,35 @@ def cmd_index(args: argparse.Namespace) -> int:
     from popcon_site._build import build
 
     if args.system:
-        targets = [_index.system_index_dirs()[0]]
+        target = _index.system_index_dirs()[0]
     else:
         cache = _index.user_cache_dir()
         if cache is None:
             raise CommandError("no usable cache directory (set PYTHON_POPCONTEST_CACHE_DIR)")
-        targets = [cache]
-    results = []
+        target = cache
+    results: list[dict[str, object]] = []
+    lines = []
     for site_dir in _attribution.site_dirs():
         started = time.perf_counter()
         built = build(site_dir)
         elapsed = time.perf_counter() - started
-        written = _index.save(built, targets[0], shared=args.system)
+        written = _index.save(built, target, shared=args.system)
         if not written:
-            raise CommandError(f"cannot write the index into {targets[0]}")
-        results.append({
-            "site_dir": site_dir,
-            "distributions": len(set(built.owners.values()) | set(built.roots.values())),
-            "seconds": round(elapsed, 4),
-            "written_to": targets[0],
-        })
+            raise CommandError(f"cannot write the index into {target}")
+        results.append(
+            {
+                "site_dir": site_dir,
+                "distributions": len(set(built.owners.values()) | set(built.roots.values())),
+                "seconds": round(elapsed, 4),
+                "written_to": target,
+            }
+        )
+        lines.append(
+            f"{site_dir}: {results[-1]['distributions']} distributions "
+            f"indexed in {elapsed * 1000:.0f} ms -> {target}"
+        )
     if args.json:
         print(json.dumps(results, indent=2))
     else:
-        for row in results:
-            print(f"{row['site_dir']}: {row['distributions']} distributions "
-                  f"indexed in {row['seconds'] * 1000:.0f} ms -> {row['written_to']}")
+        print("\n".join(lines))
     return 0

@@ -1,0 +1,114 @@
+"""Developer and CI sessions: ``nox`` runs lint and the tests on every Python found here."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).parent
+nox.options.sessions = ["lint", "tests", "tests_sid"]
+nox.options.reuse_existing_virtualenvs = True
+
+TEST_DEPS = ["pytest", "uv", "hatchling", "statsd", "importlib-metadata"]
+SID_ROOT = Path(os.environ.get("POPCON_SID_ROOT", "/var/tmp/popcon-sid"))
+SID_PYTHONS = ["3.14", "3.15"]
+
+
+def _interpreters() -> list[str]:
+    """Every CPython 3.9-3.13 on this machine (pyenv installs or PATH), by path."""
+    found = []
+    for version in ["3.9", "3.10", "3.11", "3.12", "3.13"]:
+        candidates = sorted(glob.glob(f"/root/.pyenv/versions/{version}.*/bin/python{version}"))
+        path = candidates[-1] if candidates else shutil.which(f"python{version}")
+        if path:
+            found.append(path)
+    return found
+
+
+@nox.session(python=_interpreters())
+def tests(session: nox.Session) -> None:
+    """The whole test suite against real venvs, the built wheel and real PyPI packages."""
+    session.install(*TEST_DEPS, ".")
+    session.run("python", "-m", "pytest", *session.posargs)
+
+
+@nox.session(python=False)
+def tests_sid(session: nox.Session) -> None:
+    """The suite on Python 3.14 and 3.15 from Debian sid, in a chroot (needs root)."""
+    if os.geteuid() != 0:
+        session.error("tests_sid needs root (debootstrap, chroot)")
+    _ensure_sid(session)
+    src = SID_ROOT / "src"
+    shutil.rmtree(src, ignore_errors=True)
+    shutil.copytree(
+        ROOT,
+        src,
+        ignore=shutil.ignore_patterns(".git", ".nox", "__pycache__", "*.egg-info", "benchmarks"),
+    )
+    mounts = [(SID_ROOT / "proc", ["-t", "proc", "proc"]), (SID_ROOT / "dev", ["--rbind", "/dev"])]
+    for target, how in mounts:
+        if not os.path.ismount(target):
+            session.run("mount", *how, str(target), external=True)
+    try:
+        for version in SID_PYTHONS:
+            venv = f"/opt/popcon-tests-{version}"
+            script = (
+                f"set -e; rm -rf {venv}; python{version} -m venv {venv}; "
+                f"{venv}/bin/pip install --quiet {' '.join(TEST_DEPS)} /src; "
+                f"cd /src && {venv}/bin/python -m pytest -p no:cacheprovider "
+                + " ".join(session.posargs)
+            )
+            session.run(
+                "chroot",
+                str(SID_ROOT),
+                "sh",
+                "-c",
+                script,
+                external=True,
+                env={
+                    "PIP_FIND_LINKS": "",
+                    "HOME": "/root",
+                    "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
+                },
+            )
+    finally:
+        for target, _ in reversed(mounts):
+            session.run("umount", "-l", str(target), external=True, success_codes=[0, 1, 32])
+
+
+def _ensure_sid(session: nox.Session) -> None:
+    """A minimal Debian sid with python3.14 and python3.15 (about 30 s the first time)."""
+    if all((SID_ROOT / f"usr/bin/python{v}").exists() for v in SID_PYTHONS):
+        return
+    if not shutil.which("debootstrap"):
+        session.run("apt-get", "install", "-y", "-qq", "debootstrap", external=True)
+    if not (SID_ROOT / "usr/bin").exists():
+        session.run("debootstrap", "--variant=minbase", "sid", str(SID_ROOT), external=True)
+    shutil.copy("/etc/resolv.conf", SID_ROOT / "etc/resolv.conf")
+    packages = " ".join(f"python{v} python{v}-venv" for v in SID_PYTHONS)
+    session.run(
+        "chroot",
+        str(SID_ROOT),
+        "sh",
+        "-c",
+        "apt-get -o Acquire::Check-Valid-Until=false update -qq && "
+        f"DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends {packages}",
+        external=True,
+    )
+    # pip inside the chroot trusts only the chroot's CA bundle.
+    certs = SID_ROOT / "etc/ssl/certs"
+    certs.mkdir(parents=True, exist_ok=True)
+    shutil.copy("/etc/ssl/certs/ca-certificates.crt", certs / "ca-certificates.crt")
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff (lint + format check) and mypy --strict on src/."""
+    session.install("ruff", "mypy", "statsd", "importlib-metadata")
+    session.run("ruff", "check", "src", "tests", "noxfile.py")
+    session.run("ruff", "format", "--check", "src", "tests", "noxfile.py")
+    session.run("mypy", "--strict", "src")
