@@ -19,13 +19,15 @@ SID_PYTHONS = ["3.14", "3.15"]
 
 
 def _interpreters() -> list[str]:
-    """Every CPython 3.9-3.13 on this machine (pyenv installs or PATH), by path."""
+    """Every CPython 3.9-3.13 on this machine; pyenv installs are put on PATH for nox."""
     found = []
     for version in ["3.9", "3.10", "3.11", "3.12", "3.13"]:
-        candidates = sorted(glob.glob(f"/root/.pyenv/versions/{version}.*/bin/python{version}"))
-        path = candidates[-1] if candidates else shutil.which(f"python{version}")
-        if path:
-            found.append(path)
+        pyenv = sorted(glob.glob(f"/root/.pyenv/versions/{version}.*/bin/python{version}"))
+        if pyenv:
+            os.environ["PATH"] = f"{Path(pyenv[-1]).parent}{os.pathsep}{os.environ['PATH']}"
+            found.append(version)
+        elif shutil.which(f"python{version}"):
+            found.append(version)
     return found
 
 
