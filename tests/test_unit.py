@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import statsd
 
-from popcon_site import _config, _index, _wire
+from popcon_site import _index, _report
 from popcon_site._build import normalize, shortest_unique_prefixes
 
 
 def test_defaults_match_the_earlier_readme() -> None:
-    config = _config.from_environ({})
+    config = _report.config_from_environ({})
     assert (config.host, config.port, config.prefix, config.protocol) == (
         "localhost",
         8125,
@@ -34,7 +34,7 @@ def test_defaults_match_the_earlier_readme() -> None:
     ],
 )
 def test_reports_is_a_sibling_of_the_last_segment(prefix: str, reports: str) -> None:
-    assert _config.reports_name_for(prefix) == reports
+    assert _report.reports_name_for(prefix) == reports
 
 
 @pytest.mark.parametrize(
@@ -53,13 +53,13 @@ def test_reports_is_a_sibling_of_the_last_segment(prefix: str, reports: str) -> 
     ],
 )
 def test_invalid_values_raise_config_error_only(environ: dict[str, str]) -> None:
-    with pytest.raises(_config.ConfigError) as info:
-        _config.from_environ(environ)
+    with pytest.raises(_report.ConfigError) as info:
+        _report.config_from_environ(environ)
     assert "\n" not in str(info.value)
 
 
 def test_accepted_spellings() -> None:
-    config = _config.from_environ(
+    config = _report.config_from_environ(
         {
             "PYTHON_POPCONTEST_STATSD_HOST": " [::1] ",
             "PYTHON_POPCONTEST_STATSD_PORT": " 9125 ",
@@ -81,15 +81,15 @@ def test_accepted_spellings() -> None:
 )
 def test_pep503_normalization(name: str, normalized: str) -> None:
     assert normalize(name) == normalized
-    assert _wire.is_safe_name(normalized)
+    assert _report.is_safe_name(normalized)
 
 
 @pytest.mark.parametrize(
     "name", ["", "a:b", "a|c", "a@b", "a#b", "a\nb", "é", "-a", "a-", "x" * 201, "A"]
 )
 def test_unsafe_names_never_reach_the_wire(name: str) -> None:
-    assert not _wire.is_safe_name(name)
-    assert _wire.counter_lines("p", "reports", [name]) == ["reports:1|c"]
+    assert not _report.is_safe_name(name)
+    assert _report.counter_lines("p", "reports", [name]) == ["reports:1|c"]
 
 
 def statsd_pipeline_bytes(lines: list[str]) -> list[bytes]:
@@ -114,10 +114,10 @@ def statsd_pipeline_bytes(lines: list[str]) -> list[bytes]:
 @pytest.mark.parametrize("count", [0, 1, 7, 60, 500])
 def test_datagrams_are_byte_identical_to_the_statsd_pipeline(count: int) -> None:
     names = [f"distribution-number-{i:04d}" for i in range(count)]
-    lines = _wire.counter_lines("python_popcon.library_used", "python_popcon.reports", names)
-    ours = _wire.datagrams(lines)
+    lines = _report.counter_lines("python_popcon.library_used", "python_popcon.reports", names)
+    ours = _report.datagrams(lines)
     assert ours == statsd_pipeline_bytes(lines)
-    assert all(len(packet) < _wire.MAX_DATAGRAM for packet in ours)
+    assert all(len(packet) < _report.MAX_DATAGRAM for packet in ours)
     assert b"\n".join(ours).decode().split("\n") == lines
 
 

@@ -12,7 +12,7 @@ import re
 from collections import defaultdict
 
 from popcon_site._index import SiteIndex, stamp_of
-from popcon_site._wire import is_safe_name
+from popcon_site._report import is_safe_name
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -13,7 +13,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from popcon_site import __version__, _attribution, _config, _index
+from popcon_site import __version__, _index, _report
 
 
 class CommandError(Exception):
@@ -69,18 +69,18 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    site_dirs = _attribution.site_dirs()
+    site_dirs = _report.site_dirs()
     hooks = [
         str(Path(d) / name)
         for d in site_dirs
         for name in ("popcon_site.pth", "popcon_site.start")
         if (Path(d) / name).exists()
     ]
-    enabled = _config.is_true(os.environ.get(_config.ENV_ENABLE))
+    enabled = _report.is_true(os.environ.get(_report.ENV_ENABLE))
     try:
-        config: _config.Config | None = _config.from_environ()
+        config: _report.Config | None = _report.config_from_environ()
         config_error = None
-    except _config.ConfigError as exc:
+    except _report.ConfigError as exc:
         config, config_error = None, str(exc)
     resolves = None
     if config is not None:
@@ -122,7 +122,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     print(f"python        {data['python']} ({data['version']})")
     print(f"hook          {', '.join(hooks) if hooks else 'NOT INSTALLED in this environment'}")
-    print(f"enabled       {'yes' if enabled else 'no'} ({_config.ENV_ENABLE})")
+    print(f"enabled       {'yes' if enabled else 'no'} ({_report.ENV_ENABLE})")
     if config is None:
         print(f"config        INVALID: {config_error}")
     else:
@@ -145,7 +145,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def _resolves(host: str, port: int) -> bool:
     from popcon_site import _resolve
 
-    return (_resolve.literal_address(host, port) or _resolve.lookup(host, port)) is not None
+    return (_report.literal_address(host, port) or _resolve.lookup(host, port)) is not None
 
 
 # -- which --------------------------------------------------------------------
@@ -154,7 +154,7 @@ def _resolves(host: str, port: int) -> bool:
 def cmd_which(args: argparse.Namespace) -> int:
     import importlib.util
 
-    attributor = _attribution.Attributor.for_this_process()
+    attributor = _report.Attributor.for_this_process()
     rows = []
     for name in args.modules:
         try:
@@ -175,18 +175,13 @@ def cmd_which(args: argparse.Namespace) -> int:
             continue
         owner, decided = attributor.owner_in_site_dir(origin)
         if owner is None and not decided:
-            owner = _attribution._owner_by_root(origin, attributor.editable_roots())
-        if owner == _attribution.OWN_DISTRIBUTION:
+            owner = _report.owner_by_root(origin, attributor.editable_roots())
+        if owner == _report.OWN_DISTRIBUTION:
             reason = "popcon-site itself: never counted"
             owner = None
         elif owner is not None:
             reason = "installed file of this distribution (from its RECORD)"
-        elif (
-            decided
-            and attributor.stdlib
-            and origin.startswith(attributor.stdlib + os.sep)
-            and not any(origin.startswith(d + os.sep) for d in attributor.site_dirs)
-        ):
+        elif attributor.site_dir_of(origin) is None and attributor.in_stdlib(origin):
             reason = "standard library: never counted"
         else:
             reason = "no installed distribution owns this file: never counted"
@@ -244,18 +239,18 @@ def cmd_watch(args: argparse.Namespace) -> int:
     if not command:
         raise CommandError("watch needs a command: popcon-site watch -- python script.py")
     try:
-        prefix = _config.parse_prefix(os.environ.get(_config.ENV_PREFIX, _config.DEFAULT_PREFIX))
-    except _config.ConfigError as exc:
+        prefix = _report.parse_prefix(os.environ.get(_report.ENV_PREFIX, _report.DEFAULT_PREFIX))
+    except _report.ConfigError as exc:
         raise CommandError(str(exc)) from None
     listener = _Listener()
     env = dict(os.environ)
     env.update(
         {
-            _config.ENV_ENABLE: "1",
-            _config.ENV_HOST: "127.0.0.1",
-            _config.ENV_PORT: str(listener.port),
-            _config.ENV_PROTOCOL: "udp",
-            _config.ENV_PREFIX: prefix,
+            _report.ENV_ENABLE: "1",
+            _report.ENV_HOST: "127.0.0.1",
+            _report.ENV_PORT: str(listener.port),
+            _report.ENV_PROTOCOL: "udp",
+            _report.ENV_PREFIX: prefix,
         }
     )
     try:
@@ -268,7 +263,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     time.sleep(0.05)  # datagrams from processes that exited just now
     listener.stop()
     counts = Counter(line.rpartition(":")[0] for line in listener.lines if line.endswith(":1|c"))
-    reports_name = _config.reports_name_for(prefix)
+    reports_name = _report.reports_name_for(prefix)
     processes = counts.pop(reports_name, 0)
     libraries = {
         name[len(prefix) + 1 :]: n for name, n in counts.items() if name.startswith(prefix + ".")
@@ -305,7 +300,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         target = cache
     results: list[dict[str, object]] = []
     lines = []
-    for site_dir in _attribution.site_dirs():
+    for site_dir in _report.site_dirs():
         started = time.perf_counter()
         built = build(site_dir)
         elapsed = time.perf_counter() - started

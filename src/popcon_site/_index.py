@@ -10,16 +10,18 @@ a stale index is detected with one ``stat``.
 
 The file is plain text, one value per line, read without any parser that
 could run code.  Loading happens at exit, so this module imports nothing that
-the interpreter has not loaded already.
+the interpreter has not loaded already (and no ``from __future__``).
 """
-
-from __future__ import annotations
 
 import os
 import stat
 import sys
 
 FORMAT = "popcon-site-index 1"
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
 MAX_INDEX_BYTES = 64 * 1024 * 1024  # far above any real environment; bounds a hostile file
 SYSTEM_INDEX_SUBDIR = os.path.join("share", "popcon-site", "index")
 
@@ -30,14 +32,14 @@ class SiteIndex:
     __slots__ = ("owners", "roots", "site_dir", "stamp")
 
     def __init__(
-        self, site_dir: str, stamp: str, owners: dict[str, str], roots: dict[str, str]
+        self, site_dir: str, stamp: str, owners: "dict[str, str]", roots: "dict[str, str]"
     ) -> None:
         self.site_dir = site_dir
         self.stamp = stamp
         self.owners = owners  # "yaml" / "google/protobuf" / "six.py" -> "pyyaml"
         self.roots = roots  # source directory of an editable install -> distribution
 
-    def owner_of(self, relative_parts: list[str]) -> str | None:
+    def owner_of(self, relative_parts: "list[str]") -> "str | None":
         """The distribution owning a path inside the site directory, if any."""
         key = ""
         for part in relative_parts:
@@ -55,7 +57,33 @@ class SiteIndex:
         return "\n".join(lines) + "\n"
 
 
-def parse(text: str, site_dir: str, stamp: str) -> SiteIndex | None:
+def fresh_index(site_dir: str) -> "tuple[SiteIndex | None, bool]":
+    """A fresh index for ``site_dir`` and whether it had to be built now.
+
+    The environment's shared index (``popcon-site index --system``) is tried
+    first, then the user's cache; failing both, it is built and cached.
+    """
+    stamp = stamp_of(site_dir)
+    if stamp is None:
+        return None, False
+    for directory in system_index_dirs():
+        found = load(directory, site_dir, stamp, shared=True)
+        if found is not None:
+            return found, False
+    cache_dir = user_cache_dir()
+    if cache_dir is not None:
+        found = load(cache_dir, site_dir, stamp, shared=False)
+        if found is not None:
+            return found, False
+    from popcon_site._build import build
+
+    built = build(site_dir)
+    if cache_dir is not None and built.stamp == stamp:
+        save(built, cache_dir)
+    return built, True
+
+
+def parse(text: str, site_dir: str, stamp: str) -> "SiteIndex | None":
     """The index in ``text`` if it is well formed and fresh for ``site_dir``, else None."""
     lines = text.split("\n")
     if len(lines) < 5 or lines[0] != FORMAT or lines[1] != site_dir or lines[2] != stamp:
@@ -75,7 +103,7 @@ def parse(text: str, site_dir: str, stamp: str) -> SiteIndex | None:
     )
 
 
-def stamp_of(site_dir: str) -> str | None:
+def stamp_of(site_dir: str) -> "str | None":
     """Changes whenever an entry is added to or removed from the directory."""
     try:
         st = os.stat(site_dir)
@@ -92,7 +120,7 @@ def file_name(site_dir: str) -> str:
     return f"{value:016x}.idx"
 
 
-def user_cache_dir(environ: os._Environ[str] | dict[str, str] | None = None) -> str | None:
+def user_cache_dir(environ: "Mapping[str, str] | None" = None) -> "str | None":
     """``$PYTHON_POPCONTEST_CACHE_DIR``, else ``$XDG_CACHE_HOME/popcon-site``, else ~/.cache."""
     env = os.environ if environ is None else environ
     explicit = env.get("PYTHON_POPCONTEST_CACHE_DIR")
@@ -110,7 +138,7 @@ def user_cache_dir(environ: os._Environ[str] | dict[str, str] | None = None) -> 
     return os.path.join(home, ".cache", "popcon-site")
 
 
-def system_index_dirs() -> list[str]:
+def system_index_dirs() -> "list[str]":
     """Where ``popcon-site index --system`` writes: inside the environment, for all users."""
     dirs = [os.path.join(sys.prefix, SYSTEM_INDEX_SUBDIR)]
     base = os.path.join(sys.base_prefix, SYSTEM_INDEX_SUBDIR)
@@ -119,7 +147,7 @@ def system_index_dirs() -> list[str]:
     return dirs
 
 
-def load(directory: str, site_dir: str, stamp: str, shared: bool) -> SiteIndex | None:
+def load(directory: str, site_dir: str, stamp: str, shared: bool) -> "SiteIndex | None":
     """Read a fresh index for ``site_dir`` from ``directory``; None if absent, stale or bad.
 
     A user cache file must belong to this user; a shared (system) one to root,
@@ -161,7 +189,7 @@ def load(directory: str, site_dir: str, stamp: str, shared: bool) -> SiteIndex |
         return None
 
 
-def save(index: SiteIndex, directory: str, shared: bool = False) -> bool:
+def save(index: "SiteIndex", directory: str, shared: bool = False) -> bool:
     """Write atomically (temp file + rename) so concurrent writers never leave a torn file.
 
     User caches are private (0700 directory, 0600 file) and must be a real

@@ -1,22 +1,22 @@
 """IPython / Jupyter kernels: count what cells import, not the kernel itself."""
 
-from __future__ import annotations
-
 import os
 
-from popcon_site import _bootstrap, _config
+import popcon_site
 
 
 def exclude_kernel_machinery() -> None:
     """Called from the IPython startup file; a no-op unless reporting is enabled.
 
     Activates reporting if the start-up hook did not (``python -S``, or a kernel
-    started before the hook was installed), then makes everything loaded so
-    far (the kernel) baseline.
+    started before popcon-site was installed), then makes everything loaded so
+    far (the kernel's own machinery) baseline, including the submodules those
+    packages import later: a cell's ``import dateutil.parser`` does not count
+    when the kernel itself had loaded ``dateutil``.
     """
-    if not _config.is_true(os.environ.get(_config.ENV_ENABLE)):
+    if os.environ.get("PYTHON_POPCONTEST_ENABLE", "").strip().lower() not in popcon_site.TRUE_WORDS:
         return
-    if _bootstrap.activate():
-        session = _bootstrap.current()
+    if popcon_site.activate():
+        session = popcon_site.current()
         if session is not None:
-            session.forget_inherited()
+            session.exclude_host_packages()

@@ -1,0 +1,184 @@
+"""Jupyter kernels and IPython: only what cells import counts, never the kernel itself.
+
+A real kernel (ipykernel from PyPI) is started by a real ``jupyter_client``
+KernelManager running in a subprocess with the environment's own python, so
+the kernel is that environment's interpreter.  The driver runs with reporting
+off; only the kernel gets the ``PYTHON_POPCONTEST_*`` variables.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from conftest import Env, UdpSink, base_environ, enabled, libraries, make_env, uv
+
+pytestmark = pytest.mark.slow
+
+REPORTS = "python_popcon.reports:1|c"
+STARTUP_FILE = Path("etc", "ipython", "startup", "00-popcon-site.py")
+
+DRIVER = textwrap.dedent("""\
+    import json, sys
+    from jupyter_client import KernelManager
+
+    kernel_env, code = json.loads(sys.argv[1]), sys.argv[2]
+    km = KernelManager(kernel_name="python3")
+    km.start_kernel(env=kernel_env)
+    process = km.provisioner.process
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=60)
+        msg_id = kc.execute(code)
+        while True:
+            reply = kc.get_shell_msg(timeout=60)
+            if reply["parent_header"].get("msg_id") == msg_id:
+                break
+    finally:
+        kc.stop_channels()
+    km.shutdown_kernel(now=False)
+    process.wait(timeout=30)
+    print(json.dumps({
+        "status": reply["content"]["status"],
+        "error": reply["content"].get("evalue"),
+        "kernel": process.args,
+        "returncode": process.returncode,
+    }))
+    """)
+
+
+@pytest.fixture(scope="module")
+def jupyter(tmp_path_factory: pytest.TempPathFactory, wheel: Path) -> Env:
+    env = make_env(tmp_path_factory.mktemp("jupyter") / "venv")
+    env.install(str(wheel), "ipykernel", "jupyter_client", "pyyaml")
+    return env
+
+
+def private_dirs(tmp_path: Path, home: Path) -> dict[str, str]:
+    """Everything IPython and Jupyter write goes under tmp_path, never to the real HOME."""
+    return {
+        "HOME": str(home),
+        "IPYTHONDIR": str(tmp_path / "ipython"),
+        "JUPYTER_RUNTIME_DIR": str(tmp_path / "jupyter-runtime"),
+        "JUPYTER_CONFIG_DIR": str(tmp_path / "jupyter-config"),
+        "JUPYTER_DATA_DIR": str(tmp_path / "jupyter-data"),
+        "JUPYTER_PLATFORM_DIRS": "1",
+    }
+
+
+def run_cell_in_kernel(
+    jupyter: Env, sink: UdpSink, home: Path, tmp_path: Path, code: str
+) -> dict[str, object]:
+    dirs = private_dirs(tmp_path, home)
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER)
+    kernel_env = enabled(sink, home, **dirs)
+    proc = jupyter.run(
+        str(driver),
+        json.dumps(kernel_env),
+        code,
+        env=base_environ(**dirs),
+        cwd=tmp_path,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result: dict[str, object] = json.loads(proc.stdout.splitlines()[-1])
+    assert result["status"] == "ok", result
+    assert result["kernel"][0] == str(jupyter.python), result  # type: ignore[index]
+    # A graceful exit (not the SIGKILL that follows a shutdown timeout): atexit has run.
+    assert result["returncode"] == 0, (result, proc.stderr)
+    assert "popcon-site" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    return result
+
+
+def test_kernel_counts_only_what_cells_import(
+    jupyter: Env, sink: UdpSink, home: Path, tmp_path: Path
+) -> None:
+    assert (jupyter.root / STARTUP_FILE).exists()
+    run_cell_in_kernel(jupyter, sink, home, tmp_path, "import yaml")
+    lines = sink.lines()
+    assert lines.count(REPORTS) == 1, lines
+    # Not ipython, ipykernel, pyzmq, tornado, traitlets, jupyter-client, debugpy, comm...
+    assert libraries(lines) == {"pyyaml"}
+
+
+def test_kernel_cell_importing_nothing_sends_only_reports(
+    jupyter: Env, sink: UdpSink, home: Path, tmp_path: Path
+) -> None:
+    run_cell_in_kernel(jupyter, sink, home, tmp_path, "x = 1 + 1")
+    lines = sink.lines()
+    assert lines.count(REPORTS) == 1, lines
+    assert libraries(lines) == set()
+
+
+def test_package_installed_from_a_running_kernel_counts(
+    wheel: Path, sink: UdpSink, home: Path, tmp_path: Path
+) -> None:
+    """The ``%pip install X`` then ``import X`` notebook pattern.
+
+    jupyter_client tries ``import msgpack`` while the kernel starts; when it is
+    not installed that failed attempt must not make a later, real import of it
+    part of the kernel's machinery.  A separate environment: this one changes.
+    """
+    env = make_env(tmp_path / "venv")
+    env.install(str(wheel), "ipykernel", "jupyter_client")
+    code = textwrap.dedent(f"""\
+        import os, subprocess, sys
+        quiet = {{k: v for k, v in os.environ.items() if not k.startswith("PYTHON_POPCONTEST_")}}
+        subprocess.run([{uv()!r}, "pip", "install", "--quiet", "--python", sys.executable, "msgpack"],
+                       check=True, env=quiet)  # uv runs this python: keep that one quiet
+        import msgpack
+        """)
+    run_cell_in_kernel(env, sink, home, tmp_path, code)
+    lines = sink.lines()
+    assert lines.count(REPORTS) == 1, lines
+    assert libraries(lines) == {"msgpack"}
+
+
+def test_terminal_ipython_counts_only_what_the_code_imports(
+    jupyter: Env, sink: UdpSink, home: Path, tmp_path: Path
+) -> None:
+    """``ipython -c`` runs the same startup file before the code."""
+    variables = enabled(sink, home, **private_dirs(tmp_path, home))
+    proc = jupyter.run("-m", "IPython", "-c", "import yaml", env=variables, cwd=tmp_path)
+    assert (proc.returncode, proc.stderr) == (0, ""), proc.stderr
+    lines = sink.lines()
+    assert lines.count(REPORTS) == 1, lines
+    assert libraries(lines) == {"pyyaml"}
+
+
+def test_plain_python_is_unaffected_by_the_startup_file(
+    jupyter: Env, sink: UdpSink, home: Path, tmp_path: Path
+) -> None:
+    """The startup file runs in IPython only: a plain process counts IPython like any library."""
+    variables = enabled(sink, home, **private_dirs(tmp_path, home))
+    code = "import sys, yaml; print('popcon_site._ipython' in sys.modules)"
+    proc = jupyter.run("-c", code, env=variables, cwd=tmp_path)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "False\n", "")
+    lines = sink.lines()
+    assert lines.count(REPORTS) == 1, lines
+    assert libraries(lines) == {"pyyaml"}
+
+    proc = jupyter.run("-c", "import IPython, yaml", env=variables, cwd=tmp_path)
+    assert (proc.returncode, proc.stderr) == (0, "")
+    used = libraries(sink.lines())
+    assert {"ipython", "pyyaml", "traitlets"} <= used
+
+
+def test_startup_file_does_nothing_when_reporting_is_off(
+    jupyter: Env, sink: UdpSink, home: Path, tmp_path: Path
+) -> None:
+    code = (
+        "import atexit, runpy, sys; finders = list(sys.meta_path); runpy.run_path(sys.argv[1]); "
+        "print('popcon_site' in sys.modules, sys.meta_path == finders)"
+    )
+    variables = base_environ(**private_dirs(tmp_path, home))
+    proc = jupyter.run("-c", code, str(jupyter.root / STARTUP_FILE), env=variables)
+    # Imported to read the switch, but no import watcher, and nothing sent at exit.
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "True True\n", "")
+    assert sink.drain() == []
+    assert not (home / ".cache").exists()
