@@ -29,6 +29,18 @@ ENV_HOST = "PYTHON_POPCONTEST_STATSD_HOST"
 ENV_PORT = "PYTHON_POPCONTEST_STATSD_PORT"
 ENV_PREFIX = "PYTHON_POPCONTEST_STATSD_PREFIX"
 ENV_PROTOCOL = "PYTHON_POPCONTEST_STATSD_PROTOCOL"
+ENV_INCLUDE = "PYTHON_POPCONTEST_INCLUDE"
+ENV_EXCLUDE = "PYTHON_POPCONTEST_EXCLUDE"
+ENV_RANK0_ONLY = "PYTHON_POPCONTEST_RANK0_ONLY"
+
+# Set by Slurm, PMI/PMIx-based launchers, Open MPI and MVAPICH for every rank.
+RANK_VARIABLES = (
+    "SLURM_PROCID",
+    "PMI_RANK",
+    "PMIX_RANK",
+    "OMPI_COMM_WORLD_RANK",
+    "MV2_COMM_WORLD_RANK",
+)
 
 DEFAULT_HOST = "localhost"
 DEFAULT_PORT = 8125
@@ -39,6 +51,7 @@ TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("", "0", "false", "no", "off")
 
 _PREFIX_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+_PATTERN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-*?[]!")
 _MAX_PREFIX = 200
 _MAX_HOST = 253
 
@@ -50,17 +63,44 @@ class ConfigError(ValueError):
 class Config:
     """Where and under which names this process reports."""
 
-    __slots__ = ("debug", "host", "port", "prefix", "protocol", "reports_name")
+    __slots__ = (
+        "debug",
+        "exclude",
+        "host",
+        "include",
+        "port",
+        "prefix",
+        "protocol",
+        "rank0_only",
+        "reports_name",
+    )
 
     def __init__(
-        self, host: str, port: int, prefix: str, protocol: str, debug: bool = False
+        self,
+        host: str,
+        port: int,
+        prefix: str,
+        protocol: str,
+        debug: bool = False,
+        include: "tuple[str, ...]" = (),
+        exclude: "tuple[str, ...]" = (),
+        rank0_only: bool = False,
     ) -> None:
         self.host = host
         self.port = port
         self.prefix = prefix
         self.protocol = protocol
         self.debug = debug
+        self.include = include
+        self.exclude = exclude
+        self.rank0_only = rank0_only
         self.reports_name = reports_name_for(prefix)
+
+    def allows(self, name: str) -> bool:
+        """INCLUDE (when set) must match and EXCLUDE must not."""
+        if self.include and not matches_any(name, self.include):
+            return False
+        return not matches_any(name, self.exclude)
 
 
 def is_true(value: "str | None") -> bool:
@@ -134,6 +174,48 @@ def parse_flag(name: str, raw: str) -> bool:
     raise ConfigError(f"{name}={_shorten(raw)} must be one of 1/true/yes/on or 0/false/no/off")
 
 
+def parse_patterns(name: str, raw: str) -> "tuple[str, ...]":
+    """Comma-separated distribution names (normalized here) or fnmatch patterns."""
+    patterns = []
+    for item in raw.split(","):
+        pattern = normalize_name(item.strip())
+        if not pattern:
+            continue
+        if not set(pattern) <= _PATTERN_CHARS or len(pattern) > MAX_NAME:
+            raise ConfigError(f"{name}: {_shorten(item)} is not a distribution name or pattern")
+        patterns.append(pattern)
+    return tuple(patterns)
+
+
+def normalize_name(name: str) -> str:
+    """PEP 503 normalization without ``re`` (not loaded in most processes at exit)."""
+    text = name.lower().replace("_", "-").replace(".", "-")
+    while "--" in text:
+        text = text.replace("--", "-")
+    return text
+
+
+def matches_any(name: str, patterns: "tuple[str, ...]") -> bool:
+    for pattern in patterns:
+        if pattern == name:
+            return True
+        if any(c in pattern for c in "*?["):
+            from fnmatch import fnmatchcase  # only for admins who use wildcards
+
+            if fnmatchcase(name, pattern):
+                return True
+    return False
+
+
+def rank(environ: "Mapping[str, str]") -> "int | None":
+    """This process's MPI/Slurm rank, from the launcher's variables; None outside a job."""
+    for variable in RANK_VARIABLES:
+        value = environ.get(variable, "").strip()
+        if value.isascii() and value.isdigit():
+            return int(value)
+    return None
+
+
 def config_from_environ(environ: "Mapping[str, str] | None" = None) -> Config:
     """Read the configuration; raises ConfigError (only) on an invalid value."""
     env = os.environ if environ is None else environ
@@ -144,6 +226,9 @@ def config_from_environ(environ: "Mapping[str, str] | None" = None) -> Config:
             prefix=parse_prefix(env.get(ENV_PREFIX, DEFAULT_PREFIX)),
             protocol=parse_protocol(env.get(ENV_PROTOCOL, DEFAULT_PROTOCOL)),
             debug=parse_flag(ENV_DEBUG, env.get(ENV_DEBUG, "")),
+            include=parse_patterns(ENV_INCLUDE, env.get(ENV_INCLUDE, "")),
+            exclude=parse_patterns(ENV_EXCLUDE, env.get(ENV_EXCLUDE, "")),
+            rank0_only=parse_flag(ENV_RANK0_ONLY, env.get(ENV_RANK0_ONLY, "")),
         )
     except ConfigError:
         raise
@@ -450,7 +535,13 @@ def report(session: "Session", names: "set[str]") -> str:
         config = config_from_environ()
     except ConfigError as exc:
         return f"not reporting: {exc}"
+    if config.rank0_only:
+        job_rank = rank(os.environ)
+        if job_rank:
+            return f"not reporting: rank {job_rank} of a job ({ENV_RANK0_ONLY}: rank 0 reports)"
     used = Attributor.for_this_process().distributions(module_files(names))
+    if config.include or config.exclude:
+        used = {name for name in used if config.allows(name)}
     lines = counter_lines(config.prefix, config.reports_name, used)
     summary = ", ".join(sorted(used)) or "no distributions"
 
