@@ -24,6 +24,7 @@ PREFIX = "python_popcon.library_used."
 
 # Variables of the test runner that must not leak into the processes under test.
 _SCRUBBED = (
+    "PYTHONDONTWRITEBYTECODE",
     "PYTHONPATH",
     "PYTHONHOME",
     "PYTHONSTARTUP",
@@ -80,7 +81,17 @@ class Env:
 
     def install(self, *args: str) -> None:
         subprocess.run(
-            [uv(), "pip", "install", "--quiet", "--python", str(self.python), *args],
+            # Compiled like pip does, so tests never time bytecode compilation.
+            [
+                uv(),
+                "pip",
+                "install",
+                "--quiet",
+                "--compile-bytecode",
+                "--python",
+                str(self.python),
+                *args,
+            ],
             check=True,
             env=base_environ(),
         )
