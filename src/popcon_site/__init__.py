@@ -102,23 +102,55 @@ class Session:
                 continue
         names = (loaded | set(self.watcher.seen)) - self.baseline
         if self.host_packages:
-            names = {name for name in names if name.partition(".")[0] not in self.host_packages}
+            names = {name for name in names if not _within(name, self.host_packages)}
         return names
 
     def exclude_host_packages(self) -> None:
         """Make the packages loaded so far baseline, submodules they load later included.
 
         For an IPython kernel: IPython, ipykernel, zmq... keep importing their
-        own submodules lazily while the user's cells run.
+        own submodules lazily while the user's cells run.  A namespace package
+        (``google``) is not a package of its own: its loaded portions are
+        (``google.protobuf``), so a cell's ``import google.cloud`` still counts.
         """
         self.forget_inherited()
-        self.host_packages = frozenset(name.partition(".")[0] for name in self.baseline)
+        modules = dict(sys.modules)
+        packages = set()
+        for name in modules:
+            prefix = ""
+            for part in name.split("."):
+                prefix = f"{prefix}.{part}" if prefix else part
+                if _has_file(modules.get(prefix)):
+                    packages.add(prefix)
+                    break
+        self.host_packages = frozenset(packages)
 
     def forget_inherited(self) -> None:
-        """Everything loaded so far becomes baseline (a fork child, an IPython kernel)."""
+        """Everything loaded so far becomes baseline (a fork child, an IPython kernel).
+
+        Names the watcher saw but that are not loaded are left out: they are
+        failed imports (optional dependencies probed at start-up) that the
+        program may still install and import later.
+        """
         self.starting = False
-        self.baseline = frozenset(sys.modules).union(self.watcher.seen, self.baseline)
+        self.baseline = self.baseline.union(sys.modules)
         self.watcher.seen = set()
+
+
+def _within(name: str, packages: "frozenset[str]") -> bool:
+    """True when ``name`` or one of its parent packages is in ``packages``."""
+    while name:
+        if name in packages:
+            return True
+        name = name.rpartition(".")[0]
+    return False
+
+
+def _has_file(module: object) -> bool:
+    try:
+        return bool(object.__getattribute__(module, "__dict__").get("__file__"))
+    except Exception:
+        return False
 
 
 _session = None  # type: Session | None
