@@ -136,14 +136,14 @@ def test_sys_modules_junk_does_not_break_the_report(zoo: Env, sink: UdpSink, hom
     assert sent(zoo, sink, home, code) == {"six"}
 
 
-def test_host_packages_exclusion_keeps_namespace_siblings(
+def test_host_distributions_exclusion_keeps_namespace_siblings(
     zoo: Env, sink: UdpSink, home: Path
 ) -> None:
-    """What an IPython kernel does: packages loaded by the host stay baseline, submodules
-    included, but a namespace package (google) does not hide its other portions."""
+    """What an IPython kernel does: the host's distributions (protobuf) never count, even
+    through new submodules, but other portions of a namespace (google.api) do."""
     code = (
         "import google.protobuf, popcon_site\n"
-        "popcon_site.current().exclude_host_packages()\n"
+        "popcon_site.current().exclude_host_distributions()\n"
         "import google.protobuf.json_format, google.api.http_pb2\n"
     )
     assert sent(zoo, sink, home, code) == {"googleapis-common-protos"}

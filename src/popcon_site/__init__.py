@@ -68,7 +68,7 @@ class Session:
 
     __slots__ = (
         "baseline",
-        "host_packages",
+        "host_modules",
         "pid",
         "reported",
         "resolution",
@@ -78,7 +78,7 @@ class Session:
 
     def __init__(self) -> None:
         self.baseline: frozenset[str] = frozenset(sys.modules)
-        self.host_packages: frozenset[str] = frozenset()
+        self.host_modules: frozenset[str] = frozenset()
         self.starting = "site" in sys.modules and _called_from_site()
         self.watcher = ImportWatcher(self)
         self.pid = os.getpid()
@@ -100,30 +100,17 @@ class Session:
                 break
             except RuntimeError:
                 continue
-        names = (loaded | set(self.watcher.seen)) - self.baseline
-        if self.host_packages:
-            names = {name for name in names if not _within(name, self.host_packages)}
-        return names
+        return (loaded | set(self.watcher.seen)) - self.baseline
 
-    def exclude_host_packages(self) -> None:
-        """Make the packages loaded so far baseline, submodules they load later included.
+    def exclude_host_distributions(self) -> None:
+        """Never count the distributions whose modules are loaded now, whatever loads later.
 
         For an IPython kernel: IPython, ipykernel, zmq... keep importing their
-        own submodules lazily while the user's cells run.  A namespace package
-        (``google``) is not a package of its own: its loaded portions are
-        (``google.protobuf``), so a cell's ``import google.cloud`` still counts.
+        own submodules lazily while the user's cells run.  Which distributions
+        those are is worked out at exit, from the modules loaded now.
         """
         self.forget_inherited()
-        modules = dict(sys.modules)
-        packages = set()
-        for name in modules:
-            prefix = ""
-            for part in name.split("."):
-                prefix = f"{prefix}.{part}" if prefix else part
-                if _has_file(modules.get(prefix)):
-                    packages.add(prefix)
-                    break
-        self.host_packages = frozenset(packages)
+        self.host_modules = self.baseline
 
     def forget_inherited(self) -> None:
         """Everything loaded so far becomes baseline (a fork child, an IPython kernel).
@@ -135,22 +122,6 @@ class Session:
         self.starting = False
         self.baseline = self.baseline.union(sys.modules)
         self.watcher.seen = set()
-
-
-def _within(name: str, packages: "frozenset[str]") -> bool:
-    """True when ``name`` or one of its parent packages is in ``packages``."""
-    while name:
-        if name in packages:
-            return True
-        name = name.rpartition(".")[0]
-    return False
-
-
-def _has_file(module: object) -> bool:
-    try:
-        return bool(object.__getattribute__(module, "__dict__").get("__file__"))
-    except Exception:
-        return False
 
 
 _session = None  # type: Session | None

@@ -10,13 +10,13 @@ def exclude_kernel_machinery() -> None:
 
     Activates reporting if the start-up hook did not (``python -S``, or a kernel
     started before popcon-site was installed), then makes everything loaded so
-    far (the kernel's own machinery) baseline, including the submodules those
-    packages import later: a cell's ``import dateutil.parser`` does not count
-    when the kernel itself had loaded ``dateutil``.
+    far (the kernel's own machinery) baseline, and its distributions too, so
+    the submodules IPython or ipykernel import later never count; a cell's
+    ``import dateutil.parser`` does not count when the kernel uses dateutil.
     """
     if os.environ.get("PYTHON_POPCONTEST_ENABLE", "").strip().lower() not in popcon_site.TRUE_WORDS:
         return
     if popcon_site.activate():
         session = popcon_site.current()
         if session is not None:
-            session.exclude_host_packages()
+            session.exclude_host_distributions()

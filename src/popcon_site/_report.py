@@ -539,7 +539,10 @@ def report(session: "Session", names: "set[str]") -> str:
         job_rank = rank(os.environ)
         if job_rank:
             return f"not reporting: rank {job_rank} of a job ({ENV_RANK0_ONLY}: rank 0 reports)"
-    used = Attributor.for_this_process().distributions(module_files(names))
+    attributor = Attributor.for_this_process()
+    used = attributor.distributions(module_files(names))
+    if session.host_modules:  # an IPython kernel: its own distributions never count
+        used -= attributor.distributions(module_files(session.host_modules))
     if config.include or config.exclude:
         used = {name for name in used if config.allows(name)}
     lines = counter_lines(config.prefix, config.reports_name, used)
