@@ -83,15 +83,19 @@ def tests_sid(session: nox.Session) -> None:
 
 
 def _ensure_sid(session: nox.Session) -> None:
-    """A minimal Debian sid with python3.14 and python3.15 (about 30 s the first time)."""
-    if all((SID_ROOT / f"usr/bin/python{v}").exists() for v in SID_PYTHONS):
+    """A minimal Debian sid with python3.14 and python3.15 (about a minute the first time)."""
+    if all((SID_ROOT / f"usr/include/python{v}/Python.h").exists() for v in SID_PYTHONS):
         return
     if not shutil.which("debootstrap"):
+        session.run("apt-get", "update", "-qq", external=True)
         session.run("apt-get", "install", "-y", "-qq", "debootstrap", external=True)
     if not (SID_ROOT / "usr/bin").exists():
         session.run("debootstrap", "--variant=minbase", "sid", str(SID_ROOT), external=True)
     shutil.copy("/etc/resolv.conf", SID_ROOT / "etc/resolv.conf")
-    packages = " ".join(f"python{v} python{v}-venv" for v in SID_PYTHONS)
+    # A compiler and headers: not every test dependency has wheels for a new Python yet.
+    packages = "gcc libc6-dev " + " ".join(
+        f"python{v} python{v}-venv python{v}-dev" for v in SID_PYTHONS
+    )
     session.run(
         "chroot",
         str(SID_ROOT),
