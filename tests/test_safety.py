@@ -61,26 +61,6 @@ def test_resolver_that_never_answers_costs_at_most_a_quarter_second(
     )
 
 
-@pytest.mark.parametrize("protocol", ["udp", "tcp"])
-def test_closed_port_costs_milliseconds(env: Env, home: Path, protocol: str) -> None:
-    kind = socket.SOCK_DGRAM if protocol == "udp" else socket.SOCK_STREAM
-    with socket.socket(socket.AF_INET, kind) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]  # closed once the block ends
-    on = base_environ(
-        HOME=str(home),
-        PYTHON_POPCONTEST_ENABLE="1",
-        PYTHON_POPCONTEST_STATSD_HOST="127.0.0.1",
-        PYTHON_POPCONTEST_STATSD_PORT=str(port),
-        PYTHON_POPCONTEST_STATSD_PROTOCOL=protocol,
-    )
-    env.run("-c", "import six", env=on)  # warm the index
-    off = dict(on)
-    del off["PYTHON_POPCONTEST_ENABLE"]
-    delta = median_runtime(env, on, "import six") - median_runtime(env, off, "import six")
-    assert delta < 0.1, delta
-
-
 class TcpCollector:
     """A real TCP statsd-style listener that keeps every byte of every connection."""
 
@@ -213,3 +193,34 @@ def test_odd_home(env: Env, sink: UdpSink, tmp_path: Path, case: str) -> None:
     assert libraries(sink.lines()) == {"six"}
     assert not (tmp_path / "does-not-exist").exists(), "a missing home is never created"
     assert not (tmp_path / "relative").exists()
+
+
+@pytest.mark.parametrize("protocol", ["udp", "tcp"])
+def test_closed_port_costs_no_more_than_an_open_one(env: Env, home: Path, protocol: str) -> None:
+    """A closed port adds at most a few ms over a reachable server with the same transport.
+
+    (Compared with a reachable server, not with reporting off: TCP's fixed cost, importing
+    the statsd client, is not a cost of the closed port.)
+    """
+    kind = socket.SOCK_DGRAM if protocol == "udp" else socket.SOCK_STREAM
+    with socket.socket(socket.AF_INET, kind) as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]  # closed once the block ends
+    server: TcpCollector | UdpSink = TcpCollector() if protocol == "tcp" else UdpSink()
+
+    def variables(port: int) -> dict[str, str]:
+        return base_environ(
+            HOME=str(home),
+            PYTHON_POPCONTEST_ENABLE="1",
+            PYTHON_POPCONTEST_STATSD_HOST="127.0.0.1",
+            PYTHON_POPCONTEST_STATSD_PORT=str(port),
+            PYTHON_POPCONTEST_STATSD_PROTOCOL=protocol,
+        )
+
+    try:
+        env.run("-c", "import six", env=variables(closed_port))  # warm the index
+        closed = median_runtime(env, variables(closed_port), "import six", runs=7)
+        reachable = median_runtime(env, variables(server.port), "import six", runs=7)
+    finally:
+        server.close()
+    assert closed - reachable < 0.05, (closed, reachable)
