@@ -5,12 +5,13 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import nox
 
 ROOT = Path(__file__).parent
-nox.options.sessions = ["lint", "tests", "tests_sid"]
+nox.options.sessions = ["lint", "tests", "tests_sid", "e2e"]
 nox.options.reuse_existing_virtualenvs = True
 
 TEST_DEPS = ["pytest", "uv", "hatchling", "statsd", "importlib-metadata"]
@@ -109,6 +110,84 @@ def _ensure_sid(session: nox.Session) -> None:
     certs = SID_ROOT / "etc/ssl/certs"
     certs.mkdir(parents=True, exist_ok=True)
     shutil.copy("/etc/ssl/certs/ca-certificates.crt", certs / "ca-certificates.crt")
+
+
+@nox.session(python="3.11")
+def bench(session: nox.Session) -> None:
+    """Benchmarks side by side with popularity-contest 0.4.1; not a test (benchmarks/README.md).
+
+    ``nox -s bench -- --quick`` runs fewer rounds.  Environments are cached in
+    benchmarks/work/; results go to benchmarks/results/.
+    """
+    session.install("uv", "hatchling", "matplotlib")
+    session.run("python", "benchmarks/run.py", *session.posargs, env={"PIP_FIND_LINKS": ""})
+
+
+# End-to-end: the servers the tests start (tests/e2e/servers.py), all from Debian or npm.
+E2E_DEBS = ["collectd-core", "libprotobuf-c1", "libmicrohttpd12", "prometheus"]
+E2E_STATSD_DAEMON = "statsd@0.9.0"  # the reference (Etsy) statsd daemon
+E2E_NODE = ROOT / ".nox" / "e2e-node"
+
+
+@nox.session
+def e2e(session: nox.Session) -> None:
+    """Real processes -> the statsd daemon, and -> collectd -> Prometheus; the deploy/ kit."""
+    _ensure_debs(session, E2E_DEBS)
+    if not (E2E_NODE / "node_modules" / "statsd" / "stats.js").is_file():
+        if not shutil.which("npm"):
+            session.error("npm is needed to install the statsd daemon")
+        E2E_NODE.mkdir(parents=True, exist_ok=True)
+        session.run(
+            "npm",
+            "install",
+            "--no-audit",
+            "--no-fund",
+            "--omit=optional",
+            "--prefix",
+            str(E2E_NODE),
+            E2E_STATSD_DAEMON,
+            external=True,
+        )
+    session.install(*TEST_DEPS, "pyyaml", "traitlets", ".")
+    session.run(
+        "python",
+        "-m",
+        "pytest",
+        *(session.posargs or ["tests/e2e"]),
+        env={"POPCON_E2E_NODE_PREFIX": str(E2E_NODE)},
+    )
+
+
+def _ensure_debs(session: nox.Session, packages: list[str]) -> None:
+    """apt-get install what is missing, without letting the packages start their services."""
+    missing = [
+        name
+        for name in packages
+        if subprocess.run(
+            ["dpkg-query", "-W", "-f=${Status}", name], capture_output=True, text=True
+        ).stdout
+        != "install ok installed"
+    ]
+    if not missing:
+        return
+    if os.geteuid() != 0:
+        session.error(f"e2e needs these Debian packages (install them as root): {missing}")
+    env = {"DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing]
+    # No daemon may start on install (the prometheus package would listen on *:9090).
+    policy = Path("/usr/sbin/policy-rc.d")
+    added_policy = not policy.exists()
+    if added_policy:
+        policy.write_text("#!/bin/sh\nexit 101\n")
+        policy.chmod(0o755)
+    try:
+        # Package lists may be missing or stale on a fresh machine: update, then retry.
+        if subprocess.run(install, env={**os.environ, **env}).returncode != 0:
+            session.run("apt-get", "update", "-qq", external=True, env=env)
+            session.run(*install, external=True, env=env)
+    finally:
+        if added_policy:
+            policy.unlink()
 
 
 @nox.session

@@ -197,7 +197,10 @@ def save(index: "SiteIndex", directory: str, shared: bool = False) -> bool:
     """
     dir_mode, file_mode = (0o755, 0o644) if shared else (0o700, 0o600)
     try:
-        _make_dirs(directory, dir_mode)
+        if shared:  # inside the environment: create it all (a venv has no share/)
+            os.makedirs(directory, dir_mode, exist_ok=True)
+        else:
+            _make_dirs(directory, dir_mode)
         info = os.lstat(directory)
         if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
             return False

@@ -1,0 +1,338 @@
+"""Real servers for the end-to-end tests, on 127.0.0.1 only, started and stopped by PID.
+
+Each server is a child process of the test run: started with its own log file,
+polled until it is really ready (not slept on), and stopped with SIGTERM (then
+SIGKILL) to its PID when the fixture that started it ends.  A server that is
+missing or cannot start fails the test with its log; nothing here skips.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+
+
+def need(binary: str) -> str:
+    """The path of a server binary; fails (never skips) when it is not installed."""
+    found = shutil.which(binary) or next(
+        (p for p in (f"/usr/sbin/{binary}", f"/usr/bin/{binary}") if os.access(p, os.X_OK)), None
+    )
+    if not found:
+        pytest.fail(f"{binary} is not installed: run `nox -s e2e`, which installs it")
+    return found
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    """A port that is free on 127.0.0.1 for ``kind`` (and, for UDP, for TCP too)."""
+    while True:
+        with socket.socket(socket.AF_INET, kind) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        other = socket.SOCK_STREAM if kind == socket.SOCK_DGRAM else socket.SOCK_DGRAM
+        try:
+            with socket.socket(socket.AF_INET, other) as sock:
+                sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return port
+
+
+def bound(proto: str, port: int) -> bool:
+    """True when something listens on 127.0.0.1:port (proto "tcp" or "udp"), per /proc/net."""
+    wanted = f"0100007F:{port:04X}"
+    try:
+        lines = Path(f"/proc/net/{proto}").read_text().splitlines()[1:]
+    except OSError:
+        return False
+    for line in lines:
+        fields = line.split()
+        if fields[1] == wanted and (proto == "udp" or fields[3] == "0A"):
+            return True
+    return False
+
+
+def wait_for(
+    predicate: Callable[[], Any], what: str, timeout: float, server: Server | None = None
+) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail with the server log if not."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while True:
+        if server is not None and server.proc is not None and server.proc.poll() is not None:
+            pytest.fail(
+                f"{server.name} exited with {server.proc.returncode} while waiting for {what}:\n"
+                + server.log_tail()
+            )
+        try:
+            result = predicate()
+        except Exception as exc:
+            last_error, result = exc, None
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            log = server.log_tail() if server is not None else ""
+            pytest.fail(f"timed out after {timeout} s waiting for {what} ({last_error!r})\n{log}")
+        time.sleep(0.1)
+
+
+class Server:
+    """One server process: started by the test, stopped by PID."""
+
+    def __init__(self, name: str, argv: list[str], workdir: Path) -> None:
+        self.name = name
+        self.argv = argv
+        self.workdir = workdir
+        self.log_path = workdir / f"{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+                start_new_session=True,
+            )
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def log_tail(self, lines: int = 40) -> str:
+        text = "\n".join(self.log_text().splitlines()[-lines:])
+        return f"--- last lines of {self.log_path} ---\n{text}"
+
+    def stop(self) -> None:
+        """SIGTERM to the PID, then SIGKILL if it is still there after 10 s."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.kill(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+
+# -- the reference statsd daemon (npm `statsd`, the original Etsy daemon) -----------------
+
+
+def statsd_daemon_script() -> Path:
+    """stats.js of the npm package, installed by `nox -s e2e` (POPCON_E2E_NODE_PREFIX)."""
+    prefix = os.environ.get("POPCON_E2E_NODE_PREFIX", str(ROOT / ".nox" / "e2e-node"))
+    script = Path(prefix) / "node_modules" / "statsd" / "stats.js"
+    if not script.is_file():
+        pytest.fail(f"{script} not found: run `nox -s e2e`, which installs statsd@0.9.0 from npm")
+    return script
+
+
+class StatsdDaemon(Server):
+    """The Etsy statsd daemon with a UDP and a TCP server and its management interface.
+
+    The flush interval is an hour, so its counters keep every count of a test.
+    """
+
+    def __init__(self, workdir: Path) -> None:
+        self.udp_port = free_port(socket.SOCK_DGRAM)
+        self.tcp_port = free_port()
+        self.mgmt_port = free_port()
+        config = workdir / "statsd-config.js"
+        config.write_text(
+            "{\n"
+            "  servers: [\n"
+            f'    {{ server: "./servers/udp", address: "127.0.0.1", port: {self.udp_port} }},\n'
+            f'    {{ server: "./servers/tcp", address: "127.0.0.1", port: {self.tcp_port} }}\n'
+            "  ],\n"
+            f'  mgmt_address: "127.0.0.1", mgmt_port: {self.mgmt_port},\n'
+            '  flushInterval: 3600000, backends: ["./backends/console"]\n'
+            "}\n"
+        )
+        script = statsd_daemon_script()
+        super().__init__("statsd", [need("node"), str(script), str(config)], workdir)
+        # stats.js loads its servers and backends relative to its own directory.
+        self.workdir = workdir
+
+    def start(self) -> None:
+        super().start()
+        wait_for(lambda: self.mgmt("health").strip() == "health: up", "statsd health", 20, self)
+        wait_for(lambda: bound("udp", self.udp_port), "statsd UDP server", 10, self)
+        wait_for(lambda: bound("tcp", self.tcp_port), "statsd TCP server", 10, self)
+
+    def mgmt(self, command: str) -> str:
+        """One command on the management interface; returns the full answer."""
+        with socket.create_connection(("127.0.0.1", self.mgmt_port), timeout=5) as conn:
+            conn.sendall(command.encode("ascii") + b"\n")
+            answer = b""
+            while True:
+                if command == "health" and answer.endswith(b"\n"):
+                    break
+                if answer.endswith(b"END\n\n"):
+                    break
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                answer += chunk
+        return answer.decode("ascii")
+
+    def counters(self) -> dict[str, int]:
+        return parse_inspect(self.mgmt("counters"))
+
+    def gauges(self) -> dict[str, int]:
+        return parse_inspect(self.mgmt("gauges"))
+
+
+def parse_inspect(text: str) -> dict[str, int]:
+    """The daemon prints its counters with Node's util.inspect: ``{ 'a.b': 1, c: 2 }``."""
+    body = text.rsplit("END", 1)[0]
+    return {
+        key or bare: int(value)
+        for key, bare, value in re.findall(r"(?:'([^']+)'|([A-Za-z_$][\w$]*)): (-?\d+)", body)
+    }
+
+
+# -- collectd (statsd plugin -> write_prometheus) ------------------------------------------
+
+
+class Collectd(Server):
+    """collectd with the shipped deploy/vm/collectd.conf, its ports moved to free ones."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.statsd_port = free_port(socket.SOCK_DGRAM)
+        self.http_port = free_port()
+        shipped = (DEPLOY / "vm" / "collectd.conf").read_text()
+        text = substitute(
+            shipped,
+            {
+                'Port "9125"': f'Port "{self.statsd_port}"',
+                'Port "9103"': f'Port "{self.http_port}"',
+                "Interval 10": "Interval 1",
+            },
+        )
+        # Paths the Debian defaults put under /var; the test keeps everything in workdir.
+        text = f'BaseDir "{workdir}"\nPIDFile "{workdir}/collectd.pid"\n' + text
+        self.config = workdir / "collectd.conf"
+        self.config.write_text(text)
+        super().__init__("collectd", [need("collectd"), "-f", "-C", str(self.config)], workdir)
+
+    def start(self) -> None:
+        super().start()
+        listening = f"statsd plugin: Listening on [127.0.0.1]:{self.statsd_port}."
+        wait_for(lambda: listening in self.log_text(), "collectd's statsd socket", 20, self)
+        wait_for(lambda: bound("tcp", self.http_port), "collectd's write_prometheus", 20, self)
+        wait_for(lambda: http_get(self.metrics_url) is not None, "collectd /metrics", 20, self)
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}/metrics"
+
+    def statsd_series(self) -> list[tuple[str, str, float]]:
+        """(type, statsd name, value) of every statsd series collectd exposes now."""
+        text = http_get(self.metrics_url) or ""
+        found = []
+        for match in re.finditer(
+            r'^collectd_statsd_(derive_total|gauge)\{statsd="([^"]*)"[^}]*\} (\S+)', text, re.M
+        ):
+            kind = "counter" if match.group(1) == "derive_total" else "gauge"
+            found.append((kind, match.group(2), float(match.group(3))))
+        return found
+
+
+def substitute(text: str, replacements: dict[str, str]) -> str:
+    """Replace each key exactly once: a shipped file that changed shape fails loudly."""
+    for old, new in replacements.items():
+        count = text.count(old)
+        assert count == 1, f"expected {old!r} once in the shipped file, found it {count} times"
+        text = text.replace(old, new)
+    return text
+
+
+# -- Prometheus ----------------------------------------------------------------------------
+
+
+class Prometheus(Server):
+    """Prometheus from Debian, with the given configuration, on a free loopback port."""
+
+    def __init__(self, workdir: Path, config: dict[str, Any], extra_args: list[str]) -> None:
+        import yaml
+
+        self.port = free_port()
+        self.config = workdir / "prometheus.yml"
+        self.config.write_text(yaml.safe_dump(config, sort_keys=False))
+        argv = [
+            need("prometheus"),
+            f"--config.file={self.config}",
+            f"--storage.tsdb.path={workdir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{self.port}",
+            *extra_args,
+        ]
+        super().__init__("prometheus", argv, workdir)
+
+    def start(self) -> None:
+        super().start()
+        wait_for(lambda: http_get(f"{self.url}/-/ready") is not None, "/-/ready", 30, self)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def api(self, path: str, **params: str) -> Any:
+        query = urllib.parse.urlencode(params)
+        text = http_get(f"{self.url}/api/v1/{path}?{query}", fail=True)
+        answer = json.loads(text or "{}")
+        assert answer.get("status") == "success", answer
+        return answer["data"]
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        data = self.api("query", query=expr)
+        assert data["resultType"] == "vector", data
+        return list(data["result"])
+
+    def query_range(self, expr: str, seconds: float, step: str = "1s") -> list[dict[str, Any]]:
+        end = time.time()
+        data = self.api(
+            "query_range", query=expr, start=str(end - seconds), end=str(end), step=step
+        )
+        assert data["resultType"] == "matrix", data
+        return list(data["result"])
+
+    def values(self, expr: str, *labels: str) -> dict[tuple[str, ...], float]:
+        """Instant vector as {(label values...): value}."""
+        return {
+            tuple(item["metric"].get(label, "") for label in labels): float(item["value"][1])
+            for item in self.query(expr)
+        }
+
+
+def http_get(url: str, fail: bool = False) -> str | None:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return str(response.read().decode())
+    except OSError as exc:
+        if fail:
+            raise AssertionError(f"GET {url}: {exc}") from exc
+        return None

@@ -1,0 +1,396 @@
+"""Real processes -> collectd (statsd plugin -> write_prometheus) -> Prometheus.
+
+collectd runs with the shipped deploy/vm/collectd.conf and Prometheus with the
+shipped deploy/vm/prometheus.yml (its relabelling turns statsd names into the
+series statsd_exporter's mapping gives), the shipped recording rules and the
+shipped /etc/default/prometheus arguments; only ports, paths and intervals are
+changed for the test.  Every PromQL expression of the shipped Grafana dashboard
+is run against this Prometheus.
+
+Processes report in two waves: the first creates every series and is scraped
+before the second starts.  Prometheus never sees the increase from "no series"
+to a series' first sample, so windowed queries (increase) count the second wave
+(or slightly more, by extrapolation), while the raw counters count both.  Exact
+values of the windowed expressions are checked with promtool on synthetic data in
+test_e2e_deploy.py.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import socket
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import statsd_mapping
+import yaml
+from fixtures import (
+    e2e_env,
+    expected_counts,
+    installed_distributions,
+    reporting_environ,
+    run_processes,
+    snippets,
+)
+from servers import DEPLOY, Collectd, Prometheus, need, wait_for
+
+from conftest import Env
+
+__all__ = ["e2e_env"]  # the fixture, registered in this module
+
+NAMESPACE = "jhub-prod"
+NS_PREFIX = f"python_popcon.namespace.{NAMESPACE}.library_used"
+
+# The first wave imports every library its namespace's second wave imports.
+DEFAULT_WAVE1 = {
+    "import yaml, ruamel.yaml, zope.interface, charset_normalizer, typing_extensions": 1
+}
+DEFAULT_WAVE2 = {
+    "import yaml": 12,
+    "import ruamel.yaml": 2,
+    "import zope.interface, charset_normalizer": 2,
+    "import typing_extensions": 1,
+    "pass": 2,
+}
+NS_WAVE1 = {"import typing_extensions, msgpack, yaml": 1}
+NS_WAVE2 = {"import yaml": 2, "import msgpack": 1, "import typing_extensions": 1, "pass": 1}
+K = 10  # the privacy threshold of the shipped recording rules
+RANGE = "1h"  # what Grafana substitutes for $__range in these checks
+
+# An unnormalized name, as popularity-contest 0.4.1 sent it: no mapping may accept it.
+UNNORMALIZED = "python_popcon.library_used.ruamel.yaml"
+
+
+@dataclass
+class Pipeline:
+    collectd: Collectd
+    prometheus: Prometheus
+    installed: set[str]
+
+
+def counts(*plans: dict[str, int]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for plan in plans:
+        for library, n in expected_counts(plan).items():
+            total[library] = total.get(library, 0) + n
+    return total
+
+
+def processes(*plans: dict[str, int]) -> int:
+    return sum(sum(plan.values()) for plan in plans)
+
+
+def prometheus_config(collectd: Collectd) -> dict[str, Any]:
+    """The shipped deploy/vm/prometheus.yml, pointed at the test's collectd and rules."""
+    config = yaml.safe_load((DEPLOY / "vm" / "prometheus.yml").read_text())
+    config["global"].update(scrape_interval="1s", evaluation_interval="1s")
+    assert config["rule_files"] == ["/etc/prometheus/popcon-site.rules.yml"]
+    config["rule_files"] = [str(DEPLOY / "prometheus" / "popcon-site.rules.yml")]
+    (job,) = config["scrape_configs"]
+    assert job["static_configs"] == [{"targets": ["127.0.0.1:9103"]}]
+    job["static_configs"] = [{"targets": [f"127.0.0.1:{collectd.http_port}"]}]
+    return config
+
+
+def default_args() -> list[str]:
+    """ARGS of the shipped /etc/default/prometheus, minus the listen address the test sets."""
+    text = (DEPLOY / "vm" / "prometheus.default").read_text()
+    (line,) = [line for line in text.splitlines() if line.startswith("ARGS=")]
+    # The unit runs `prometheus $ARGS`: systemd splits the value on whitespace.
+    (value,) = shlex.split(line[len("ARGS=") :])
+    args = value.split()
+    assert "--web.listen-address=127.0.0.1:9090" in args  # loopback only
+    args.remove("--web.listen-address=127.0.0.1:9090")
+    assert any(a.startswith("--storage.tsdb.retention.time=") for a in args), args
+    return args
+
+
+@pytest.fixture(scope="module")
+def pipeline(e2e_env: Env, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
+    workdir = tmp_path_factory.mktemp("pipeline")
+    home = workdir / "home"
+    home.mkdir()
+    collectd = Collectd(workdir)
+    collectd.start()
+    try:
+        config = prometheus_config(collectd)
+        prometheus = Prometheus(workdir, config, default_args())
+        check = subprocess.run(
+            [need("promtool"), "check", "config", str(prometheus.config)],
+            capture_output=True,
+            text=True,
+        )
+        assert check.returncode == 0, check.stdout + check.stderr
+        prometheus.start()
+        try:
+            yield run_waves(e2e_env, home, collectd, prometheus)
+        finally:
+            prometheus.stop()
+    finally:
+        collectd.stop()
+
+
+def run_waves(env: Env, home: Path, collectd: Collectd, prometheus: Prometheus) -> Pipeline:
+    wait_for(
+        lambda: prometheus.values('up{job="popcon-site"}') == {(): 1.0},
+        "Prometheus to scrape collectd",
+        30,
+        prometheus,
+    )
+    default = reporting_environ(home, collectd.statsd_port)
+    namespaced = reporting_environ(
+        home, collectd.statsd_port, PYTHON_POPCONTEST_STATSD_PREFIX=NS_PREFIX
+    )
+    run_processes(env, snippets(DEFAULT_WAVE1), default)
+    run_processes(env, snippets(NS_WAVE1), namespaced)
+    inventory = DEPLOY / "inventory" / "popcon-site-inventory.py"
+    for environ in (default, namespaced):
+        # As the shipped units run it: not itself a reporting process.
+        proc = env.run(str(inventory), env={**environ, "PYTHON_POPCONTEST_ENABLE": "0"})
+        assert proc.returncode == 0, proc.stderr
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.sendto(f"{UNNORMALIZED}:1|c".encode(), ("127.0.0.1", collectd.statsd_port))
+
+    installed = installed_distributions(env)
+    wave1 = used_by_namespace(DEFAULT_WAVE1, NS_WAVE1)
+    wait_for(
+        lambda: (
+            used_now(prometheus) == wave1
+            and reports_now(prometheus) == {"": 1, NAMESPACE: 1}
+            and len(prometheus.query("python_popcon_library_installed")) == 2 * len(installed)
+        ),
+        "Prometheus to scrape the first wave",
+        30,
+        prometheus,
+    )
+
+    run_processes(env, snippets(DEFAULT_WAVE2), default)
+    run_processes(env, snippets(NS_WAVE2), namespaced)
+    both = {("", lib): n for lib, n in counts(DEFAULT_WAVE1, DEFAULT_WAVE2).items()} | {
+        (NAMESPACE, lib): n for lib, n in counts(NS_WAVE1, NS_WAVE2).items()
+    }
+    wait_for(
+        lambda: used_now(prometheus) == both, "Prometheus to scrape the second wave", 30, prometheus
+    )
+    # The recording rules run every second; wait for one evaluation after the last scrape.
+    wave2 = used_by_namespace(DEFAULT_WAVE2, NS_WAVE2)
+    wait_for(
+        lambda: rules_caught_up(prometheus, wave2),
+        "the recording rules to evaluate the second wave",
+        30,
+        prometheus,
+    )
+    return Pipeline(collectd, prometheus, installed)
+
+
+def recorded_increase(prometheus: Prometheus) -> dict[tuple[str, str], float]:
+    return prometheus.values(
+        "hub_namespace_library:python_popcon_library_used:increase30d", "hub_namespace", "library"
+    )
+
+
+def rules_caught_up(prometheus: Prometheus, wave2: dict[tuple[str, str], int]) -> bool:
+    used = recorded_increase(prometheus)
+    return set(used) == set(wave2) and all(used[key] >= n for key, n in wave2.items())
+
+
+def used_by_namespace(
+    default_plan: dict[str, int], ns_plan: dict[str, int]
+) -> dict[tuple[str, str], int]:
+    return {("", lib): n for lib, n in counts(default_plan).items()} | {
+        (NAMESPACE, lib): n for lib, n in counts(ns_plan).items()
+    }
+
+
+def reports_now(prometheus: Prometheus) -> dict[str, float]:
+    found = prometheus.values("sum by (hub_namespace) (python_popcon_reports)", "hub_namespace")
+    return {namespace: value for (namespace,), value in found.items()}
+
+
+def used_now(prometheus: Prometheus) -> dict[tuple[str, str], float]:
+    return prometheus.values(
+        "sum by (hub_namespace, library) (python_popcon_library_used)", "hub_namespace", "library"
+    )
+
+
+# -- raw counters -------------------------------------------------------------------------
+
+
+def test_library_counts_equal_the_processes_that_imported_them(pipeline: Pipeline) -> None:
+    prometheus = pipeline.prometheus
+    default_total = counts(DEFAULT_WAVE1, DEFAULT_WAVE2)
+    assert default_total == {
+        "pyyaml": 13,
+        "ruamel-yaml": 3,
+        "zope-interface": 3,
+        "charset-normalizer": 3,
+        "typing-extensions": 2,
+    }
+    # The shape of the statsd_exporter README query, over the HTTP API.
+    assert prometheus.values(
+        'sum by (library) (python_popcon_library_used{hub_namespace=""})', "library"
+    ) == {(lib,): float(n) for lib, n in default_total.items()}
+    assert prometheus.values('sum(python_popcon_reports{hub_namespace=""})') == {
+        (): float(processes(DEFAULT_WAVE1, DEFAULT_WAVE2))
+    }
+
+
+def test_namespace_prefix_becomes_a_hub_namespace_label(pipeline: Pipeline) -> None:
+    prometheus = pipeline.prometheus
+    assert prometheus.values(
+        f'sum by (library) (python_popcon_library_used{{hub_namespace="{NAMESPACE}"}})', "library"
+    ) == {("pyyaml",): 3.0, ("msgpack",): 2.0, ("typing-extensions",): 2.0}
+    assert prometheus.values("sum by (hub_namespace) (python_popcon_reports)", "hub_namespace") == {
+        ("",): float(processes(DEFAULT_WAVE1, DEFAULT_WAVE2)),
+        (NAMESPACE,): float(processes(NS_WAVE1, NS_WAVE2)),
+    }
+
+
+def test_inventory_gauges_arrive_per_namespace(pipeline: Pipeline) -> None:
+    found = pipeline.prometheus.values(
+        "python_popcon_library_installed", "hub_namespace", "library"
+    )
+    assert found == {(ns, lib): 1.0 for ns in ("", NAMESPACE) for lib in pipeline.installed}
+
+
+def test_relabelling_gives_what_the_statsd_exporter_mapping_gives(pipeline: Pipeline) -> None:
+    """collectd's raw series through deploy/statsd-exporter/mapping.yml == Prometheus's series."""
+    rules = statsd_mapping.load(DEPLOY / "statsd-exporter" / "mapping.yml")
+    raw = pipeline.collectd.statsd_series()
+    assert ("counter", UNNORMALIZED, 1.0) in raw
+    expected: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
+    for kind, name, value in raw:
+        mapped = statsd_mapping.apply(rules, name, kind)
+        if name == UNNORMALIZED:
+            assert mapped is None  # why popcon-site normalizes names
+        if mapped is not None:
+            expected[(mapped[0], frozenset(mapped[1].items()))] = value
+    assert len(expected) == len(raw) - 1
+
+    got = {}
+    for item in pipeline.prometheus.query('{job="popcon-site", __name__=~"python_popcon_.+"}'):
+        labels = dict(item["metric"])
+        name = labels.pop("__name__")
+        assert labels.pop("job") == "popcon-site"
+        labels.pop("instance")
+        got[(name, frozenset(labels.items()))] = float(item["value"][1])
+    assert got == expected
+    libraries = {dict(labels).get("library") for _, labels in got}
+    assert "ruamel" not in libraries and "ruamel.yaml" not in libraries
+
+
+# -- recording rules ----------------------------------------------------------------------
+
+
+def test_recording_rules_load_and_evaluate(pipeline: Pipeline) -> None:
+    prometheus = pipeline.prometheus
+    (group,) = prometheus.api("rules")["groups"]
+    assert group["name"] == "popcon-site"
+    assert [rule["health"] for rule in group["rules"]] == ["ok"] * 5, group["rules"]
+
+    used = recorded_increase(prometheus)
+    wave2 = used_by_namespace(DEFAULT_WAVE2, NS_WAVE2)
+    assert set(used) == set(wave2)
+    for key, value in used.items():
+        assert value >= wave2[key], (key, value)  # extrapolation only adds
+
+    privacy = prometheus.values(
+        "hub_namespace_library:python_popcon_library_used:increase30d_min10",
+        "hub_namespace",
+        "library",
+    )
+    assert set(privacy) == {key for key, n in wave2.items() if n >= K} == {("", "pyyaml")}
+    shares = prometheus.values(
+        "hub_namespace_library:python_popcon_library_share:ratio30d_min10",
+        "hub_namespace",
+        "library",
+    )
+    assert set(shares) == {("", "pyyaml")}
+    assert 0 < shares[("", "pyyaml")] <= 1
+
+
+# -- the Grafana dashboard ----------------------------------------------------------------
+
+
+def dashboard() -> dict[str, Any]:
+    return dict(json.loads((DEPLOY / "grafana" / "popcon-site-dashboard.json").read_text()))
+
+
+def dashboard_targets() -> list[tuple[int, str, dict[str, Any]]]:
+    return [
+        (panel["id"], panel["title"], target)
+        for panel in dashboard()["panels"]
+        for target in panel["targets"]
+    ]
+
+
+def expand(expr: str, namespace: str) -> str:
+    """What Grafana sends: $hub_namespace as chosen ("All" is the variable's allValue)."""
+    text = expr.replace("$hub_namespace", namespace).replace("$__range", RANGE)
+    assert "$" not in text, text
+    return text
+
+
+def live_expectations(pipeline: Pipeline, namespace: str) -> dict[int, set[tuple[str, ...]]]:
+    """Label sets (library) each panel must show, for "All" (.*) or one namespace."""
+    wave2 = used_by_namespace(DEFAULT_WAVE2, NS_WAVE2)
+    in_scope = {k: n for k, n in wave2.items() if namespace == ".*" or k[0] == namespace}
+    used = {(lib,) for (_, lib) in in_scope}
+    return {
+        1: {()},
+        2: {()},
+        3: used,
+        4: used,
+        5: {(lib,) for lib in pipeline.installed} - used,
+        6: {(ns, lib) for (ns, lib), n in in_scope.items() if n >= K},
+    }
+
+
+LABELS = {1: (), 2: (), 3: ("library",), 4: ("library",), 5: ("library",)}
+
+
+@pytest.mark.parametrize("namespace", [".*", NAMESPACE], ids=["all", NAMESPACE])
+def test_every_dashboard_expression_returns_the_expected_series(
+    pipeline: Pipeline, namespace: str
+) -> None:
+    prometheus = pipeline.prometheus
+    expected = live_expectations(pipeline, namespace)
+    targets = dashboard_targets()
+    assert sorted(panel for panel, _, _ in targets) == sorted(expected), "untested panel"
+    for panel, title, target in targets:
+        expr = expand(target["expr"], namespace)
+        labels = LABELS.get(panel, ("hub_namespace", "library"))
+        if target.get("range"):
+            result = prometheus.query_range(expr, seconds=300, step="15s")
+            got = {tuple(item["metric"].get(label, "") for label in labels) for item in result}
+            assert all(float(v) >= 0 for item in result for _, v in item["values"])
+        else:
+            values = prometheus.values(expr, *labels)
+            got = set(values)
+            assert all(v > 0 for v in values.values()), (title, values)
+            if panel in (3, 4):  # sort_desc: the most imported library first
+                order = [item["metric"]["library"] for item in prometheus.query(expr)]
+                assert order[0] == "pyyaml", (title, order)
+        assert got == expected[panel], (title, expr)
+
+
+def test_dashboard_variable_lists_the_hub_namespaces(pipeline: Pipeline) -> None:
+    (variable,) = [v for v in dashboard()["templating"]["list"] if v["name"] == "hub_namespace"]
+    match = re.fullmatch(r"label_values\((\w+), (\w+)\)", variable["definition"])
+    assert match, variable["definition"]
+    metric, label = match.groups()
+    found = pipeline.prometheus.api(f"label/{label}/values", **{"match[]": metric})
+    assert found == [NAMESPACE]
+
+
+def test_reports_are_counted_once_per_process(pipeline: Pipeline) -> None:
+    """Panel 1's live value: every reporting process of the second wave, at least."""
+    (expr,) = [target["expr"] for panel, _, target in dashboard_targets() if panel == 1]
+    value = pipeline.prometheus.values(expand(expr, ".*"))[()]
+    assert value >= processes(DEFAULT_WAVE2, NS_WAVE2)
