@@ -14,7 +14,9 @@ ROOT = Path(__file__).parent
 nox.options.sessions = ["lint", "tests", "tests_sid", "e2e"]
 nox.options.reuse_existing_virtualenvs = True
 
-TEST_DEPS = ["pytest", "uv", "hatchling", "statsd", "importlib-metadata"]
+TEST_DEPS = ["pytest", "pytest-xdist", "uv", "hatchling", "statsd", "importlib-metadata"]
+# Most of a test is waiting on child interpreters: two workers use both cores.
+PYTEST_ARGS = ["-n", "2"]
 SID_ROOT = Path(os.environ.get("POPCON_SID_ROOT", "/var/tmp/popcon-sid"))
 SID_PYTHONS = ["3.14", "3.15"]
 
@@ -36,7 +38,7 @@ def _interpreters() -> list[str]:
 def tests(session: nox.Session) -> None:
     """The whole test suite against real venvs, the built wheel and real PyPI packages."""
     session.install(*TEST_DEPS, ".")
-    session.run("python", "-m", "pytest", *session.posargs)
+    session.run("python", "-m", "pytest", *(session.posargs or PYTEST_ARGS))
 
 
 @nox.session(python=False)
@@ -63,7 +65,7 @@ def tests_sid(session: nox.Session) -> None:
                 f"set -e; rm -rf {venv}; python{version} -m venv {venv}; "
                 f"{venv}/bin/pip install --quiet {' '.join(TEST_DEPS)} /src; "
                 f"cd /src && {venv}/bin/python -m pytest -p no:cacheprovider "
-                + " ".join(session.posargs)
+                + " ".join(session.posargs or PYTEST_ARGS)
             )
             session.run(
                 "chroot",
