@@ -37,6 +37,7 @@ def _interpreters() -> list[str]:
 @nox.session(python=_interpreters())
 def tests(session: nox.Session) -> None:
     """The whole test suite against real venvs, the built wheel and real PyPI packages."""
+    _ensure_debs(session, ["prometheus"])  # the CLI's unused/top tests query a real one
     session.install(*TEST_DEPS, ".")
     session.run("python", "-m", "pytest", *(session.posargs or PYTEST_ARGS))
 
@@ -87,7 +88,8 @@ def tests_sid(session: nox.Session) -> None:
 
 def _ensure_sid(session: nox.Session) -> None:
     """A minimal Debian sid with python3.14 and python3.15 (about a minute the first time)."""
-    if all((SID_ROOT / f"usr/include/python{v}/Python.h").exists() for v in SID_PYTHONS):
+    ready = [SID_ROOT / f"usr/include/python{v}/Python.h" for v in SID_PYTHONS]
+    if all(path.exists() for path in ready) and (SID_ROOT / "usr/bin/prometheus").exists():
         return
     if not shutil.which("debootstrap"):
         session.run("apt-get", "update", "-qq", external=True)
@@ -95,8 +97,12 @@ def _ensure_sid(session: nox.Session) -> None:
     if not (SID_ROOT / "usr/bin").exists():
         session.run("debootstrap", "--variant=minbase", "sid", str(SID_ROOT), external=True)
     shutil.copy("/etc/resolv.conf", SID_ROOT / "etc/resolv.conf")
+    # Packages must not start services in the chroot (prometheus would listen on *:9090).
+    policy = SID_ROOT / "usr/sbin/policy-rc.d"
+    policy.write_text("#!/bin/sh\nexit 101\n")
+    policy.chmod(0o755)
     # A compiler and headers: not every test dependency has wheels for a new Python yet.
-    packages = "gcc libc6-dev " + " ".join(
+    packages = "gcc libc6-dev prometheus " + " ".join(
         f"python{v} python{v}-venv python{v}-dev" for v in SID_PYTHONS
     )
     session.run(
@@ -173,7 +179,7 @@ def _ensure_debs(session: nox.Session, packages: list[str]) -> None:
     if not missing:
         return
     if os.geteuid() != 0:
-        session.error(f"e2e needs these Debian packages (install them as root): {missing}")
+        session.error(f"these Debian packages are needed (install them as root): {missing}")
     env = {"DEBIAN_FRONTEND": "noninteractive"}
     install = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing]
     # No daemon may start on install (the prometheus package would listen on *:9090).

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -121,3 +124,32 @@ def test_spawned_processes_report_on_their_own(
     assert {"attrs"} in reports, reports
     # forkserver adds its server process, which imports nothing of its own.
     assert all(r in ({"six"}, {"attrs"}, set()) for r in reports), reports
+
+
+def test_unhandled_ctrl_c_still_dies_by_sigint(
+    env: Env, sink: UdpSink, home: Path, tmp_path: Path
+) -> None:
+    """With a cold index the report imports importlib-metadata (exec() inside namedtuple),
+    which would clear CPython's unhandled-KeyboardInterrupt flag: status 1, not SIGINT."""
+    ready = tmp_path / "ready"
+    script = tmp_path / "wait.py"
+    script.write_text(
+        "import sys, time, six, pathlib\npathlib.Path(sys.argv[1]).touch()\ntime.sleep(60)\n"
+    )
+    proc = subprocess.Popen(
+        [str(env.python), str(script), str(ready)],
+        env=enabled(sink, home),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    for _ in range(500):
+        if ready.exists():
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGINT, stderr
+    assert stderr.rstrip().endswith("KeyboardInterrupt")
+    assert packets_by_process(sink) == [{"six"}]
+    assert list((home / ".cache" / "popcon-site").glob("*.idx")), "the index was built cold"

@@ -227,3 +227,21 @@ def _at_exit() -> None:
             os.write(2, f"popcon-site: {summary}\n".encode("utf-8", "backslashreplace"))
         except BaseException:
             pass
+    _keep_sigint_exit(session)
+
+
+def _keep_sigint_exit(session: Session) -> None:
+    """A process ended by an unhandled Ctrl-C must still die by SIGINT (status 130).
+
+    CPython remembers the unhandled KeyboardInterrupt in a flag that any exec()
+    of a string clears, and building the index runs one (namedtuple() inside
+    importlib-metadata).  Raising it again through exec() sets the flag again.
+    Not in the REPL or a kernel, where sys.last_value may be an earlier input's.
+    """
+    try:
+        last = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
+        interactive = hasattr(sys, "ps1") or session.host_modules
+        if isinstance(last, KeyboardInterrupt) and not interactive:
+            exec("raise KeyboardInterrupt")
+    except BaseException:  # the KeyboardInterrupt raised on purpose, or anything else
+        pass
