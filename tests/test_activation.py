@@ -16,7 +16,7 @@ LOADED_WHEN_OFF = sys.version_info >= (3, 15)
 PROBE = (
     "import sys, atexit; "
     "print('popcon_site' in sys.modules, "
-    "any(type(f).__name__ == 'ImportWatcher' for f in sys.meta_path), "
+    "any('ImportWatcher' in [c.__name__ for c in type(f).__mro__] for f in sys.meta_path), "
     "atexit._ncallbacks() > 0)"
 )
 
@@ -68,7 +68,8 @@ def test_activation_happens_once_however_many_paths(env: Env, sink: UdpSink, hom
         "import popcon_site, six\n"
         "assert popcon_site.activate() and popcon_site.setup_reporter()\n"
         "popcon_site._startup_hook()\n"
-        "import sys; assert sum(type(f).__name__ == 'ImportWatcher' for f in sys.meta_path) == 1\n"
+        "import sys\n"
+        "assert sum(isinstance(f, popcon_site.ImportWatcher) for f in sys.meta_path) == 1\n"
     )
     proc = env.run("-c", code, env=enabled(sink, home))
     assert (proc.returncode, proc.stderr) == (0, "")

@@ -15,7 +15,7 @@ import time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Callable, Iterable, Mapping
 
     from popcon_site import Session
     from popcon_site._index import SiteIndex
@@ -282,21 +282,43 @@ def locate_unloaded(name: str) -> "str | None":
     return None
 
 
-def module_files(names: "Iterable[str]") -> "set[str]":
-    """The files of these modules; blocked (None) entries have none."""
+def module_files(names: "Iterable[str]", site_dirs: "list[str]") -> "set[str]":
+    """The files of these modules; blocked (None) entries and the stdlib have none."""
     modules = sys.modules
+    stdlib_names: "frozenset[str]" = getattr(sys, "stdlib_module_names", frozenset())
     files = set()
     for name in names:
+        top = name.partition(".")[0]
+        if top in stdlib_names:
+            continue
         module = modules.get(name)
         if module is not None:
             path = module_file(module)
         elif name in modules:
             continue  # set to None on purpose: blocked, never loaded
-        else:
+        elif _listed_in(top, site_dirs):
             path = locate_unloaded(name)  # imported, then deleted
+        else:
+            continue  # a failed import (an optional dependency probed), or not attributable
         if path is not None:
             files.add(path)
     return files
+
+
+def _listed_in(top: str, site_dirs: "list[str]") -> bool:
+    """Could ``top`` live in a site directory?  Asks the import system's cached listings.
+
+    Most names seen but no longer loaded are failed imports; looking each one up
+    again would cost a burst of stat calls.
+    """
+    cache = sys.path_importer_cache
+    for directory in site_dirs:
+        entries = getattr(cache.get(directory), "_path_cache", None)
+        if entries is None:
+            return True  # no listing to ask: look it up properly
+        if top in entries or any(entry.startswith(top + ".") for entry in entries):
+            return True
+    return False
 
 
 def site_dirs() -> "list[str]":
@@ -540,9 +562,10 @@ def report(session: "Session", names: "set[str]") -> str:
         if job_rank:
             return f"not reporting: rank {job_rank} of a job ({ENV_RANK0_ONLY}: rank 0 reports)"
     attributor = Attributor.for_this_process()
-    used = attributor.distributions(module_files(names))
+    used = attributor.distributions(module_files(names, attributor.site_dirs))
     if session.host_modules:  # an IPython kernel: its own distributions never count
-        used -= attributor.distributions(module_files(session.host_modules))
+        host = module_files(session.host_modules, attributor.site_dirs)
+        used -= attributor.distributions(host)
     if config.include or config.exclude:
         used = {name for name in used if config.allows(name)}
     lines = counter_lines(config.prefix, config.reports_name, used)
@@ -575,3 +598,56 @@ def report(session: "Session", names: "set[str]") -> str:
 def _format_address(address: "Address") -> str:
     host, port = address[1][0], address[1][1]
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+# -- process life cycle (called from popcon_site) ----------------------------------
+
+
+def at_exit(session: "Session", names: "set[str]") -> None:
+    """Report, print the debug line if asked, and keep an unhandled Ctrl-C's exit."""
+    try:
+        summary = report(session, names)
+    except BaseException as exc:  # never let the host process see it
+        summary = f"report failed: {type(exc).__name__}: {exc}"
+    if is_true(os.environ.get(ENV_DEBUG)):
+        try:
+            os.write(2, f"popcon-site: {summary}\n".encode("utf-8", "backslashreplace"))
+        except BaseException:
+            pass
+    _keep_sigint_exit(session)
+
+
+def _keep_sigint_exit(session: "Session") -> None:
+    """A process ended by an unhandled Ctrl-C must still die by SIGINT (status 130).
+
+    CPython remembers the unhandled KeyboardInterrupt in a flag that any exec()
+    of a string clears, and building the index runs one (namedtuple() inside
+    importlib-metadata).  Raising it again through exec() sets the flag again.
+    Not in the REPL or a kernel, where sys.last_value may be an earlier input's.
+    """
+    try:
+        last = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
+        interactive = hasattr(sys, "ps1") or session.host_modules
+        if isinstance(last, KeyboardInterrupt) and not interactive:
+            exec("raise KeyboardInterrupt")
+    except BaseException:  # the KeyboardInterrupt raised on purpose, or anything else
+        pass
+
+
+def after_fork_in_child(session: "Session", report_hook: "Callable[[], None]") -> None:
+    """A lookup still running in the parent is gone; multiprocessing children need a hook."""
+    resolution = session.resolution
+    if resolution is not None:
+        session.resolution = resolution.for_child()  # type: ignore[attr-defined]
+    # multiprocessing's fork and forkserver children end with os._exit(), which
+    # skips atexit; they do run multiprocessing's own exit finalizers.
+    mp_util = sys.modules.get("multiprocessing.util")
+    if mp_util is not None:
+        mp_util.register_after_fork(report_hook, _report_from_multiprocessing_exit)
+
+
+def _report_from_multiprocessing_exit(callback: object) -> None:
+    """Runs in a multiprocessing child after its finalizer registry was reset."""
+    mp_util = sys.modules.get("multiprocessing.util")
+    if mp_util is not None:
+        mp_util.Finalize(None, callback, exitpriority=-1000)
