@@ -7,6 +7,7 @@ that reads the result instead.
 
 from __future__ import annotations
 
+import csv
 import os
 import re
 from collections import defaultdict
@@ -43,22 +44,20 @@ def build(site_dir: str) -> SiteIndex:
     listing: list[str] | None = None
     for dist in distributions(path=[site_dir]):
         try:
-            name = normalize(dist.metadata["Name"] or "")
-        except Exception:
-            continue
-        if not is_safe_name(name):
-            continue
-        try:
-            paths = _record_paths(dist)
+            name = normalize(_name(dist))
+            if not is_safe_name(name):
+                continue
+            installed = _installed_paths(dist)
+            paths = [parts for parts in installed if _inside_site_dir(parts)]
             if not paths:
                 if listing is None:
                     listing = _listing(site_dir)
                 paths = _top_level_paths(dist, listing)
             for parts in paths:
                 owned.setdefault(parts, name)
-            for root in _editable_roots(dist, site_dir):
+            for root in _editable_roots(dist, installed, site_dir):
                 roots.setdefault(root, name)
-        except Exception:
+        except Exception:  # one broken distribution must not cost the others
             continue
     return SiteIndex(site_dir, stamp, shortest_unique_prefixes(owned), roots)
 
@@ -87,17 +86,31 @@ def shortest_unique_prefixes(owned: dict[Parts, str]) -> dict[str, str]:
     return result
 
 
-def _record_paths(dist: Distribution) -> list[Parts]:
-    """Installed paths inside the site directory, from RECORD (or installed-files.txt)."""
-    files = dist.files
-    if not files:
-        return []
-    paths = []
-    for file in files:
-        parts = tuple(str(file).replace("\\", "/").split("/"))
-        if _inside_site_dir(parts):
-            paths.append(parts)
-    return paths
+def _name(dist: Distribution) -> str:
+    """The Name header, read directly: the email parser behind ``dist.metadata``
+    costs more than everything else the build does."""
+    text = dist.read_text("METADATA") or dist.read_text("PKG-INFO") or ""
+    for line in text.splitlines():
+        if not line.strip():
+            break  # end of the headers
+        key, colon, value = line.partition(":")
+        if colon and key.strip().lower() == "name":
+            return value.strip()
+    return ""
+
+
+def _installed_paths(dist: Distribution) -> list[Parts]:
+    """Every path the installer recorded, relative to the site directory.
+
+    RECORD is read as CSV text (``dist.files`` builds an object per line);
+    without one, importlib-metadata's fallbacks (installed-files.txt, SOURCES.txt).
+    """
+    record = dist.read_text("RECORD")
+    if record is not None:
+        names = [row[0] for row in csv.reader(record.splitlines()) if row]
+    else:
+        names = [str(file) for file in dist.files or ()]
+    return [tuple(name.replace("\\", "/").split("/")) for name in names]
 
 
 def _inside_site_dir(parts: Parts) -> bool:
@@ -131,15 +144,15 @@ def _listing(site_dir: str) -> list[str]:
         return []
 
 
-def _editable_roots(dist: Distribution, site_dir: str) -> list[str]:
+def _editable_roots(dist: Distribution, installed: list[Parts], site_dir: str) -> list[str]:
     """Source directories an editable install put on sys.path (PEP 660 .pth or finder)."""
+    top_files = [parts[0] for parts in installed if len(parts) == 1]
+    if not any(name.endswith((".pth", "_finder.py")) for name in top_files):
+        return []
     if not _is_editable(dist):
         return []
     roots = []
-    for file in dist.files or ():
-        name = str(file)
-        if "/" in name:
-            continue
+    for name in top_files:
         if name.endswith(".pth"):
             roots += _pth_paths(os.path.join(site_dir, name), site_dir)
         elif name.startswith("__editable__") and name.endswith("_finder.py"):

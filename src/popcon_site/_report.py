@@ -285,7 +285,7 @@ def locate_unloaded(name: str) -> "str | None":
 def module_files(names: "Iterable[str]", site_dirs: "list[str]") -> "set[str]":
     """The files of these modules; blocked (None) entries and the stdlib have none."""
     modules = sys.modules
-    stdlib_names: "frozenset[str]" = getattr(sys, "stdlib_module_names", frozenset())
+    stdlib_names: frozenset[str] = getattr(sys, "stdlib_module_names", frozenset())
     files = set()
     for name in names:
         top = name.partition(".")[0]
