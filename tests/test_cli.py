@@ -26,6 +26,9 @@ import pytest
 
 from conftest import Env, UdpSink, base_environ, enabled, make_env
 
+# The hook this Python runs: PEP 829's .start from 3.15, the .pth line before.
+HOOK_FILE = "popcon_site.start" if sys.version_info >= (3, 15) else "popcon_site.pth"
+
 # -- environments -----------------------------------------------------------------------------
 
 CLI_PACKAGES = (
@@ -164,7 +167,7 @@ def test_status_reports_hook_config_and_index(env: Env, home: Path) -> None:
 
     text = cli(env, "status", environ=private(home))
     assert text.returncode == 0
-    assert "installed (popcon_site.pth is the one this Python runs)" in text.stdout
+    assert f"installed ({HOOK_FILE} is the one this Python runs)" in text.stdout
     assert "no (PYTHON_POPCONTEST_ENABLE is not set)" in text.stdout
     assert "localhost:8125 over udp" in text.stdout
     assert "no fresh index" in text.stdout
@@ -640,7 +643,7 @@ def test_status_without_the_hook(small: Env, home: Path) -> None:
         for hook in hooks:
             hook.with_name(hook.name + ".off").rename(hook)
     assert proc.returncode == 0
-    assert "NOT INSTALLED: no popcon_site.pth in any site directory" in proc.stdout
+    assert f"NOT INSTALLED: no {HOOK_FILE} in any site directory" in proc.stdout
     assert "yes, but the hook did NOT run in this process" in proc.stdout
 
 
