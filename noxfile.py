@@ -202,6 +202,6 @@ def _ensure_debs(session: nox.Session, packages: list[str]) -> None:
 def lint(session: nox.Session) -> None:
     """ruff (lint + format check) and mypy --strict on src/."""
     session.install("ruff", "mypy", "statsd", "importlib-metadata")
-    session.run("ruff", "check", "src", "tests", "noxfile.py")
-    session.run("ruff", "format", "--check", "src", "tests", "noxfile.py")
+    session.run("ruff", "check", "src", "tests", "benchmarks", "noxfile.py")
+    session.run("ruff", "format", "--check", "src", "tests", "benchmarks", "noxfile.py")
     session.run("mypy", "--strict", "src")

@@ -1,0 +1,245 @@
+"""Supporting measurements made inside the benchmarked interpreter, and instruction counts.
+
+Wall-clock differences of whole processes are the headline figures; these
+probes cross-check them where the difference is far below the machine's noise:
+a clock read around exactly the code in question, repeated in fresh processes,
+or callgrind's instruction counts, which do not depend on load at all.
+"""
+
+from __future__ import annotations
+
+import pstats
+import re
+import shutil
+import statistics
+import subprocess
+from pathlib import Path
+
+from popcon_bench.stats import Summary, summarize
+
+_PTH_LINE = """\
+import os, sys, time
+site = [p for p in sys.path if p.endswith("site-packages")][0]
+line = [l for l in open(os.path.join(site, "popcon_site.pth")) if l.startswith("import")][0]
+assert "PYTHON_POPCONTEST_ENABLE" not in os.environ
+times = []
+for _ in range(300):
+    t = time.perf_counter_ns()
+    exec(line)  # exactly what site.addpackage() does with an import line
+    times.append(time.perf_counter_ns() - t)
+times.sort()
+print(times[len(times) // 2])
+"""
+
+_ACTIVATE = """\
+import time
+t = time.perf_counter_ns()
+import popcon_site
+popcon_site.activate()
+print(time.perf_counter_ns() - t)
+"""
+
+_FINDER = """\
+import sys, time
+import importlib._bootstrap as bootstrap
+
+watcher = sys.meta_path[0]
+assert type(watcher).__name__ == "ImportWatcher", sys.meta_path
+
+
+class Null:
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        return None
+
+
+saved = list(sys.meta_path)
+N = 20000
+
+
+def timed(meta, tag):
+    names = [f"popcon_bench_{tag}_{i}" for i in range(N)]
+    sys.meta_path[:] = meta
+    t = time.perf_counter_ns()
+    for name in names:
+        bootstrap._find_spec(name, None)
+    elapsed = time.perf_counter_ns() - t
+    sys.meta_path[:] = saved
+    return elapsed
+
+
+diffs, floor = [], []
+for rep in range(7):
+    without = timed([Null], f"a{rep}")
+    with_watcher = timed([watcher, Null], f"b{rep}")
+    with_null = timed([Null, Null], f"c{rep}")
+    diffs.append((with_watcher - without) / N)
+    floor.append((with_null - without) / N)
+diffs.sort()
+floor.sort()
+print(diffs[len(diffs) // 2], floor[len(floor) // 2])
+"""
+
+
+def _with_fd3(cmd: list[str]) -> list[str]:
+    """The workloads write their marks to fd 3; outside the harness it goes to /dev/null."""
+    return ["sh", "-c", 'exec "$@" 3>/dev/null', "sh", *cmd]
+
+
+def _repeat(python: str, code: str, env: dict[str, str], runs: int) -> list[float]:
+    return [row[0] for row in _repeat_rows(python, code, env, runs)]
+
+
+def _repeat_rows(python: str, code: str, env: dict[str, str], runs: int) -> list[list[float]]:
+    """Run ``code`` in ``runs`` fresh processes; each prints one line of numbers."""
+    out = []
+    for _ in range(runs):
+        done = subprocess.run(
+            [python, "-c", code], env=env, capture_output=True, text=True, check=True
+        )
+        out.append([float(x) for x in done.stdout.split()])
+    return out
+
+
+def pth_line_ns(python: str, env: dict[str, str], runs: int) -> Summary:
+    """What the .pth line costs a process when reporting is off (median of 300 execs)."""
+    return summarize(_repeat(python, _PTH_LINE, env, runs))
+
+
+def activation_ns(python: str, env: dict[str, str], runs: int) -> Summary:
+    """Import of popcon_site plus activate(), timed in fresh processes."""
+    return summarize(_repeat(python, _ACTIVATE, env, runs))
+
+
+def finder_ns(python: str, env: dict[str, str], runs: int) -> tuple[Summary, Summary]:
+    """Added cost of one import lookup with the watcher at the front of sys.meta_path.
+
+    Second: the same for a finder whose find_spec only returns None, the floor
+    of any Python-level meta_path finder.
+    """
+    rows = _repeat_rows(python, _FINDER, env, runs)
+    return summarize([r[0] for r in rows]), summarize([r[1] for r in rows])
+
+
+_IMPORT_ONE = """import sys, time
+t = time.perf_counter_ns()
+__import__(sys.argv[1])
+if sys.argv[2:] == ["activate"]:
+    sys.modules[sys.argv[1]].activate()
+print(time.perf_counter_ns() - t)
+"""
+
+
+def import_ns(python: str, module: str, env: dict[str, str], runs: int, activate: bool) -> Summary:
+    """First import of one module (and activate()) in fresh processes, from an empty cwd."""
+    out = []
+    for _ in range(runs):
+        argv = [python, "-c", _IMPORT_ONE, module] + (["activate"] if activate else [])
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, check=True)
+        out.append(float(done.stdout.strip()))
+    return summarize(out)
+
+
+def instructions(python: str, argv: list[str], env: dict[str, str], out_dir: Path) -> int | None:
+    """Instructions executed by a whole process under callgrind (deterministic)."""
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        return None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [valgrind, "--tool=callgrind", f"--callgrind-out-file={out_dir}/callgrind.out.%p"]
+    done = subprocess.run(
+        _with_fd3([*cmd, python, *argv]), env=env, capture_output=True, text=True, check=False
+    )
+    found = re.search(r"Collected : (\d+)", done.stderr)
+    if done.returncode != 0 or found is None:
+        raise RuntimeError(f"callgrind failed: {done.stderr[-1500:]}")
+    return int(found.group(1))
+
+
+def profile_exit(python: str, argv: list[str], env: dict[str, str], out_file: Path) -> str:
+    """cProfile of the exit hook and -X importtime of what it imports, as one text report."""
+    stats_file = out_file.with_suffix(".pstats")
+    env = dict(env, POPCON_BENCH_HOOK="profile", POPCON_BENCH_PROFILE_OUT=str(stats_file))
+    done = subprocess.run(
+        _with_fd3([python, "-X", "importtime", *argv]),
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    _, mark, after = done.stderr.partition("--- popcon-bench: exit hook starts ---\n")
+    imports = [line for line in after.splitlines() if line.startswith("import time:")]
+    lines = [f"$ {' '.join(argv)}", "", "imports made by the exit hook (-X importtime, us):"]
+    lines += imports if mark else ["(no exit hook ran)"]
+    lines += ["", "cProfile of popcon_site._at_exit (top 30 by cumulative time):", ""]
+    if stats_file.exists():
+        from io import StringIO
+
+        buffer = StringIO()
+        stats = pstats.Stats(str(stats_file), stream=buffer)
+        stats.sort_stats("cumulative").print_stats(30)
+        lines.append(buffer.getvalue())
+        stats_file.unlink()
+    text = "\n".join(lines)
+    out_file.write_text(text)
+    return text
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+# Coupled to popcon_site._report's internal steps on purpose: it says where exit time
+# goes.  If the internals change, the probe reports the error instead of numbers.
+_BREAKDOWN = """\
+import atexit, os, sys, time
+
+
+def _breakdown():
+    import popcon_site
+    session = popcon_site.current()
+    atexit.unregister(popcon_site._at_exit)
+    clock = time.perf_counter_ns
+    out = {}
+    t = clock(); names = session.imported_names(); out["snapshot imported names"] = clock() - t
+    t = clock(); from popcon_site import _report as r; out["import popcon_site._report"] = clock() - t
+    t = clock(); config = r.config_from_environ(); out["read configuration"] = clock() - t
+    t = clock(); attributor = r.Attributor.for_this_process(); out["find site directories"] = clock() - t
+    loaded = [n for n in names if n in sys.modules]
+    gone = [n for n in names if n not in sys.modules]
+    t = clock(); files = r.module_files(loaded, attributor.site_dirs); out[f"module files: {len(loaded)} loaded"] = clock() - t
+    t = clock(); r.module_files(gone, attributor.site_dirs); out[f"module files: {len(gone)} never loaded (failed imports)"] = clock() - t
+    t = clock(); used = attributor.distributions(files); out["attribute (index import + load)"] = clock() - t
+    t = clock(); payloads = r.datagrams(r.counter_lines(config.prefix, config.reports_name, used)); out["format lines"] = clock() - t
+    t = clock(); address = r.literal_address(config.host, config.port); out["address (imports _socket)"] = clock() - t
+    t = clock(); r.send_udp(address, payloads); out["send (socket, sendto, close)"] = clock() - t
+    out["total"] = sum(out.values())
+    print(repr({k: v / 1000 for k, v in out.items()}), file=sys.stderr)
+    print("GONE " + " ".join(sorted(gone)), file=sys.stderr)
+
+
+atexit.register(_breakdown)
+exec(compile(open(sys.argv[1]).read(), sys.argv[1], "exec"))
+"""
+
+
+def exit_breakdown(python: str, script: str, env: dict[str, str], runs: int) -> str:
+    """Where the exit report's time goes, step by step (us, medians of fresh processes)."""
+    import ast
+
+    rows: dict[str, list[float]] = {}
+    gone = ""
+    for _ in range(runs):
+        done = subprocess.run(
+            _with_fd3([python, "-c", _BREAKDOWN, script]), env=env, capture_output=True, text=True
+        )
+        lines = done.stderr.strip().splitlines()
+        try:
+            values = ast.literal_eval(lines[-2])
+            gone = lines[-1]
+        except (IndexError, ValueError, SyntaxError):
+            return f"breakdown failed: {done.stderr[-800:]}"
+        for key, value in values.items():
+            rows.setdefault(key, []).append(value)
+    text = [f"{key:55} {median(v):8.0f} us" for key, v in rows.items()]
+    return "\n".join([*text, f"names never loaded: {gone[5:]}"])

@@ -1,0 +1,728 @@
+"""popcon-site benchmarks, side by side with bare Python and popularity-contest 0.4.1.
+
+    nox -s bench                 # full run (~15 minutes on 2 cores, builds included)
+    nox -s bench -- --quick      # fewer rounds, same coverage (~5 minutes once built)
+    nox -s bench -- --rebuild    # rebuild every environment under benchmarks/work/
+
+Prints the tables and writes benchmarks/results/latest.{txt,json} and
+benchmarks/results/exit-cost-vs-distributions.png.  See benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import random
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from popcon_bench import envs, output, probes, workloads
+from popcon_bench.envs import BuiltEnv, EnvSpec
+from popcon_bench.runner import UdpSink, Variant, run_interleaved
+from popcon_bench.stats import FIELDS, Summary, hook_ms, paired, summarize
+
+BENCH = Path(__file__).resolve().parent
+WORK = BENCH / "work"
+RESULTS = BENCH / "results"
+Json = dict[str, Any]
+
+SPECS = [
+    EnvSpec("small", "small.txt", 0, "requests, pyyaml, numpy + deps"),
+    EnvSpec("real130", "real.txt", 0, "~130 real dists (numpy, pandas, scipy, boto3...)"),
+    EnvSpec("synth100", "small.txt", 100, "small + 100 synthetic dists"),
+    EnvSpec("synth500", "small.txt", 500, "small + 500 synthetic dists"),
+    EnvSpec("synth2000", "small.txt", 2000, "small + 2,000 synthetic dists"),
+]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How many measured rounds each kind of variant gets (after one warm-up round)."""
+
+    fast: dict[str, int]  # bare / off / on / hook, per workload
+    earlier_small: int  # popularity-contest in the small environment
+    earlier_big: int  # ... where its exit walks 100+ distributions (~1-3 s per run here)
+    earlier_procs: int  # ... fork / spawn, where it walks them twice or three times
+    cold: int
+    probe_runs: int
+    callgrind: tuple[str, ...]
+
+
+FULL = Plan(
+    fast={"pass": 41, "stdlib": 41, "rich": 21, "imports": 31, "fork": 7, "spawn": 7},
+    earlier_small=11,
+    earlier_big=5,
+    earlier_procs=3,
+    cold=5,
+    probe_runs=11,
+    callgrind=("pass", "stdlib"),
+)
+QUICK = Plan(
+    fast={"pass": 11, "stdlib": 11, "rich": 5, "imports": 7, "fork": 3, "spawn": 3},
+    earlier_small=3,
+    earlier_big=2,
+    earlier_procs=2,
+    cold=2,
+    probe_runs=3,
+    callgrind=("pass",),
+)
+# Checks that every step runs; its numbers mean nothing.
+SMOKE = Plan(
+    fast={"pass": 1, "stdlib": 1, "rich": 1, "imports": 1, "fork": 1, "spawn": 1},
+    earlier_small=1,
+    earlier_big=1,
+    earlier_procs=1,
+    cold=1,
+    probe_runs=1,
+    callgrind=("pass",),
+)
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def child_environ(sink: UdpSink, spec: EnvSpec) -> dict[str, str]:
+    """Every variant gets the same variables; only the flavor and ENABLE differ.
+
+    No PYTHONDONTWRITEBYTECODE (every environment has compiled .pyc files),
+    one OpenBLAS thread (numpy's thread pool start-up is noise, the same in all).
+    """
+    return {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": str(WORK / "home"),
+        "LANG": "C.UTF-8",
+        "OPENBLAS_NUM_THREADS": "1",
+        "PYTHON_POPCONTEST_STATSD_HOST": "127.0.0.1",
+        "PYTHON_POPCONTEST_STATSD_PORT": str(sink.port),
+        "PYTHON_POPCONTEST_CACHE_DIR": str(WORK / "cache" / "warm" / spec.name),
+    }
+
+
+def make_variants(
+    names: list[str],
+    built: dict[str, BuiltEnv],
+    base: dict[str, str],
+    probe_dir: Path,
+    rounds: dict[str, int],
+) -> list[Variant]:
+    on = dict(base, PYTHON_POPCONTEST_ENABLE="1")
+    recipes = {
+        "bare": (built["bare"].python, base, False),
+        "off": (built["popcon"].python, base, False),
+        "on": (built["popcon"].python, on, False),
+        "cold": (built["popcon"].python, on, True),
+        "hook": (
+            built["popcon"].python,
+            dict(on, PYTHONPATH=str(probe_dir), POPCON_BENCH_HOOK="time"),
+            False,
+        ),
+        "earlier": (built["earlier"].python, base, False),
+    }
+    return [Variant(n, recipes[n][0], recipes[n][1], rounds[n], cold=recipes[n][2]) for n in names]
+
+
+def summarize_block(env_name: str, workload: str, variants: list[Variant]) -> Json:
+    by_name = {v.name: v for v in variants}
+    bare = by_name["bare"]
+    block: Json = {"env": env_name, "workload": workload, "variants": {}}
+    for v in variants:
+        entry: Json = {
+            "n": len(v.samples),
+            "raw": {
+                name: summarize([f(s) for _r, s in v.samples]).as_dict()
+                for name, f in FIELDS.items()
+            },
+            "datagrams_per_run": summarize([s.datagrams for _r, s in v.samples]).as_dict(),
+            "samples": [[r, *asdict(s).values()] for r, s in v.samples],
+        }
+        if v is not bare:
+            entry["vs_bare"] = {
+                "total_ratio": paired(v, bare, FIELDS["total_ms"], True).as_dict(),
+                "start_ratio": paired(v, bare, FIELDS["start_ms"], True).as_dict(),
+                "exit_ratio": paired(v, bare, FIELDS["exit_ms"], True).as_dict(),
+                "rss_ratio": paired(v, bare, FIELDS["maxrss_mb"], True).as_dict(),
+                "cpu_ratio": paired(v, bare, FIELDS["cpu_ms"], True).as_dict(),
+                "cpu_added_ms": paired(v, bare, FIELDS["cpu_ms"], False).as_dict(),
+                "start_added_ms": paired(v, bare, FIELDS["start_ms"], False).as_dict(),
+                "exit_added_ms": paired(v, bare, FIELDS["exit_ms"], False).as_dict(),
+                "body_added_ms": paired(v, bare, FIELDS["body_ms"], False).as_dict(),
+                "total_added_ms": paired(v, bare, FIELDS["total_ms"], False).as_dict(),
+                "rss_added_mb": paired(v, bare, FIELDS["maxrss_mb"], False).as_dict(),
+            }
+        hook = hook_ms(v)
+        if hook.n:
+            entry["hook_ms"] = hook.as_dict()
+        block["variants"][v.name] = entry
+    earlier = block["variants"].get("earlier")
+    if earlier:
+        for name, entry in block["variants"].items():
+            if name in ("bare", "earlier"):
+                continue
+            entry["vs_earlier"] = {
+                key: _over(entry["vs_bare"][field]["median"], earlier["vs_bare"][field]["median"])
+                for key, field in (
+                    ("start", "start_added_ms"),
+                    ("exit", "exit_added_ms"),
+                    ("rss", "rss_added_mb"),
+                )
+            }
+    return block
+
+
+def _over(a: float, b: float) -> float:
+    return a / b if b > 0 else float("nan")
+
+
+def machine_info() -> tuple[str, str]:
+    cpu = "unknown cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    kernel = platform.release()
+    sandbox = ""
+    try:
+        dmesg = subprocess.run(["dmesg"], capture_output=True, text=True, timeout=5).stdout
+        if "gVisor" in dmesg:
+            sandbox = ", gVisor sandbox (slow syscalls)"
+    except (OSError, subprocess.SubprocessError):
+        pass
+    mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    full = f"{cpu}, {os.cpu_count()} cores, {mem_gb:.0f} GiB, Linux {kernel}{sandbox}"
+    short = f"{os.cpu_count()}-core {cpu.split('@')[0].strip()}{sandbox.split('(')[0].rstrip(' ')}"
+    return full, short
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="fewer rounds (same coverage)")
+    parser.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--rebuild", action="store_true", help="rebuild all cached environments")
+    parser.add_argument("--seed", type=int, default=None, help="seed of the run order")
+    parser.add_argument(
+        "--render-only",
+        action="store_true",
+        help="re-derive targets and tables from results/latest.json without measuring",
+    )
+    args = parser.parse_args()
+    if args.render_only:
+        return render_only()
+    plan = SMOKE if args.smoke else QUICK if args.quick else FULL
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
+    rng = random.Random(seed)
+    began = time.monotonic()
+
+    if args.rebuild:
+        shutil.rmtree(WORK / "envs", ignore_errors=True)
+        shutil.rmtree(WORK / "synthetic", ignore_errors=True)
+    for sub in ("home", "cache"):
+        shutil.rmtree(WORK / sub, ignore_errors=True)
+        (WORK / sub).mkdir(parents=True)
+    RESULTS.mkdir(exist_ok=True)
+    os.chdir(WORK)  # `python -c` puts the cwd on sys.path: keep it an empty, boring place
+
+    log("building the popcon-site wheel")
+    wheel = envs.build_wheel(WORK)
+    built: dict[str, dict[str, BuiltEnv]] = {}
+    for spec in SPECS:
+        built[spec.name] = {}
+        for flavor in envs.FLAVORS:
+            notes: list[str] = []
+            t0 = time.monotonic()
+            built[spec.name][flavor] = envs.build_env(spec, flavor, WORK, wheel, notes)
+            if notes:
+                log(f"{'; '.join(notes)} ({time.monotonic() - t0:.0f} s)")
+    log(f"environments ready after {time.monotonic() - began:.0f} s")
+
+    scripts = WORK / "scripts"
+    probe_dir = workloads.write_scripts(scripts)
+    subprocess.run(
+        [envs.base_python(), "-m", "compileall", "-q", "-j", "0", str(scripts)],
+        check=True,
+        env=envs.installer_environ(),
+    )
+
+    sink = UdpSink()
+    results: Json = {"blocks": [], "environments": {}, "reported": {}}
+    for spec in SPECS:
+        results["environments"][spec.name] = {
+            "label": spec.label,
+            "flavors": {f: built[spec.name][f].distributions for f in envs.FLAVORS},
+        }
+
+    # Warm every environment's index once and show that the counters really arrive.
+    for spec in SPECS:
+        base = child_environ(sink, spec)
+        rich = _argv("rich", scripts)
+        for flavor, extra in (("popcon", {"PYTHON_POPCONTEST_ENABLE": "1"}), ("earlier", {})):
+            sink.drain()
+            subprocess.run(
+                ["sh", "-c", 'exec "$@" 3>/dev/null', "sh", built[spec.name][flavor].python, *rich],
+                env=dict(base, **extra),
+                check=True,
+            )
+            lines = sorted(
+                line for packet in sink.drain(wait=1.0) for line in packet.decode().split("\n")
+            )
+            results["reported"][f"{spec.name}/{flavor}"] = lines
+        if not list((WORK / "cache" / "warm" / spec.name).glob("*.idx")):
+            raise SystemExit(f"{spec.name}: the enabled run left no index in its cache directory")
+    log(
+        "indexes warm; counters received: "
+        + ", ".join(f"{k}: {len(v)}" for k, v in results["reported"].items())
+    )
+
+    blocks: list[tuple[str, str, list[str]]] = []
+    for spec in SPECS:
+        for workload in ("pass", "stdlib", "rich"):
+            names = ["bare", "off", "on", "hook", "earlier"]
+            if workload == "rich":
+                names.append("cold")
+            blocks.append((spec.name, workload, names))
+    blocks.append(("small", "imports", ["bare", "off", "on"]))
+    blocks.append(("real130", "fork", ["bare", "off", "on", "earlier"]))
+    blocks.append(("real130", "spawn", ["bare", "off", "on", "earlier"]))
+
+    for env_name, workload, names in blocks:
+        spec = next(s for s in SPECS if s.name == env_name)
+        fast = plan.fast[workload]
+        if workload in ("fork", "spawn"):
+            earlier_rounds = plan.earlier_procs
+        elif env_name == "small":
+            earlier_rounds = plan.earlier_small
+        else:
+            earlier_rounds = plan.earlier_big
+        rounds = {
+            "bare": fast,
+            "off": fast,
+            "on": fast,
+            "hook": fast,
+            "earlier": min(earlier_rounds, fast),
+            "cold": min(plan.cold, fast),
+        }
+        variants = make_variants(
+            names, built[env_name], child_environ(sink, spec), probe_dir, rounds
+        )
+        t0 = time.monotonic()
+        run_interleaved(variants, _argv(workload, scripts), WORK, sink, rng)
+        results["blocks"].append(summarize_block(env_name, workload, variants))
+        log(f"{env_name:9} {workload:7} {fast:3} rounds in {time.monotonic() - t0:5.1f} s")
+
+    results["probes"] = run_probes(plan, built, sink, probe_dir, scripts, results)
+    results["growth"] = growth(results)
+    pass_ms = _block(results, "small", "pass")["variants"]["bare"]["raw"]["total_ms"]["median"]
+    results["scale"] = {"pass_ms": pass_ms, "factor": pass_ms / 10.0}
+    results["targets"] = targets(results)
+    full, short = machine_info()
+    results["meta"] = {
+        "machine": full,
+        "machine_short": short,
+        "python": f"CPython {platform.python_version()}",
+        "mode": "smoke" if args.smoke else "quick" if args.quick else "full",
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "seed": seed,
+        "plan": asdict(plan),
+        "elapsed_s": time.monotonic() - began,
+        "wheel": wheel.name,
+        "commit": _git_head(),
+    }
+    sink.close()
+
+    text = output.render(results)
+    print(text)
+    (RESULTS / "latest.txt").write_text(text)
+    output.write_json(results, RESULTS / "latest.json")
+    if output.write_chart(results, RESULTS / "exit-cost-vs-distributions.png"):
+        log(f"wrote {RESULTS / 'exit-cost-vs-distributions.png'}")
+    log(f"wrote {RESULTS / 'latest.txt'} and latest.json in {time.monotonic() - began:.0f} s")
+    return 0
+
+
+def _git_head() -> str:
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(envs.ROOT), "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        return done.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def render_only() -> int:
+    results = json.loads((RESULTS / "latest.json").read_text())
+    results["targets"] = targets(results)
+    text = output.render(results)
+    print(text)
+    (RESULTS / "latest.txt").write_text(text)
+    output.write_json(results, RESULTS / "latest.json")
+    output.write_chart(results, RESULTS / "exit-cost-vs-distributions.png")
+    return 0
+
+
+def _argv(workload: str, scripts: Path) -> list[str]:
+    return [a.replace("{scripts}", str(scripts)) for a in workloads.WORKLOADS[workload].argv]
+
+
+def run_probes(
+    plan: Plan,
+    built: dict[str, dict[str, BuiltEnv]],
+    sink: UdpSink,
+    probe_dir: Path,
+    scripts: Path,
+    results: Json,
+) -> Json:
+    small = built["small"]
+    base = child_environ(sink, SPECS[0])
+    on = dict(base, PYTHON_POPCONTEST_ENABLE="1")
+    rows: dict[str, tuple[Json, str, str]] = {}
+    log("probes: .pth line, activation, watcher")
+    pth = probes.pth_line_ns(small["popcon"].python, base, plan.probe_runs)
+    rows["pth_line_off_us"] = (_scale(pth, 1e-3), "us", ".pth line when off (exec of the line)")
+    act = probes.activation_ns(small["popcon"].python, base, plan.probe_runs)
+    rows["activation_us"] = (
+        _scale(act, 1e-3),
+        "us",
+        "import popcon_site + activate(), fresh process",
+    )
+    finder, null_finder = probes.finder_ns(small["popcon"].python, on, plan.probe_runs)
+    rows["watcher_per_import_ns"] = (
+        finder.as_dict(),
+        "ns",
+        "one import lookup with the watcher first in sys.meta_path",
+    )
+    rows["noop_finder_per_import_ns"] = (
+        null_finder.as_dict(),
+        "ns",
+        "floor: a finder whose find_spec only returns None",
+    )
+    imports = _block(results, "small", "imports")
+    per_import = paired_diff_per(imports, "on", "off", "body_ms", 1e6 / workloads.WATCH_MODULES)
+    rows["watcher_wall_per_import_ns"] = (
+        per_import,
+        "ns",
+        f"(body on - body off) / {workloads.WATCH_MODULES} imports, wall clock",
+    )
+    pass_bare = _block(results, "small", "pass")["variants"]["bare"]["raw"]["total_ms"]
+    rows["pass_bare_total_ms"] = (pass_bare, "ms", "python -c pass, bare, whole process")
+
+    floors = build_floor_envs(built)
+    env_off = child_environ(sink, SPECS[0])
+    for module, activate, key, what in (
+        (
+            "popcon_bench_empty",
+            False,
+            "import_empty_module_us",
+            "floor: import an empty module from site-packages",
+        ),
+        ("popcon_site", False, "import_popcon_site_us", "import popcon_site (no activation)"),
+        ("popcon_site", True, "import_and_activate_us", "import popcon_site + activate()"),
+    ):
+        found = probes.import_ns(floors["import"], module, env_off, plan.probe_runs * 2, activate)
+        rows[key] = (_scale(found, 1e-3), "us", what)
+
+    callgrind: dict[str, dict[str, int]] = {}
+    if shutil.which("valgrind"):
+        cg_env = dict(base, PYTHONHASHSEED="0", PYTHONPATH=str(probe_dir))
+        cg_variants = {
+            "bare": (small["bare"].python, cg_env),
+            "off": (small["popcon"].python, cg_env),
+            "on, exit hook removed": (
+                small["popcon"].python,
+                dict(cg_env, PYTHON_POPCONTEST_ENABLE="1", POPCON_BENCH_HOOK="none"),
+            ),
+            "on": (small["popcon"].python, dict(cg_env, PYTHON_POPCONTEST_ENABLE="1")),
+        }
+        for workload in plan.callgrind:
+            log(f"callgrind: {workload}")
+            callgrind[workload] = {}
+            for name, (python, env) in cg_variants.items():
+                count = probes.instructions(
+                    python, _argv(workload, scripts), env, WORK / "callgrind"
+                )
+                if count is not None:
+                    callgrind[workload][name] = count
+        log("callgrind: .pth line alternatives")
+        callgrind["pass, .pth line alone"] = pth_alternatives(floors["pth"], cg_env, scripts)
+        shutil.rmtree(WORK / "callgrind", ignore_errors=True)
+
+    log("profiles of the exit hook")
+    profile_dir = RESULTS / "profile"
+    shutil.rmtree(profile_dir, ignore_errors=True)
+    profile_dir.mkdir()
+    breakdown = []
+    for env_name, workload in (("small", "stdlib"), ("real130", "rich"), ("synth2000", "rich")):
+        spec = next(s for s in SPECS if s.name == env_name)
+        env = dict(child_environ(sink, spec), PYTHON_POPCONTEST_ENABLE="1")
+        script = _argv(workload, scripts)[0]
+        text = probes.exit_breakdown(built[env_name]["popcon"].python, script, env, plan.probe_runs)
+        breakdown.append(f"== {env_name}, {workload} workload, index warm (median us)\n{text}\n")
+    (profile_dir / "exit-breakdown.txt").write_text("\n".join(breakdown))
+    for spec in SPECS:
+        if spec.name not in ("real130", "synth2000"):
+            continue
+        env = dict(
+            child_environ(sink, spec), PYTHON_POPCONTEST_ENABLE="1", PYTHONPATH=str(probe_dir)
+        )
+        python = built[spec.name]["popcon"].python
+        probes.profile_exit(
+            python, _argv("rich", scripts), env, profile_dir / f"{spec.name}-rich-warm.txt"
+        )
+        cold_dir = WORK / "cache" / "profile-cold"
+        shutil.rmtree(cold_dir, ignore_errors=True)
+        cold_env = dict(env, PYTHON_POPCONTEST_CACHE_DIR=str(cold_dir))
+        probes.profile_exit(
+            python, _argv("rich", scripts), cold_env, profile_dir / f"{spec.name}-rich-cold.txt"
+        )
+        sink.drain(wait=0.2)
+    return {"rows": rows, "callgrind": callgrind}
+
+
+PTH_LINES = {
+    "a comment only": "# popcon-bench",
+    "import sys": "import sys",
+    "shortest check": "import os;'PYTHON_POPCONTEST_ENABLE'in os.environ and "
+    "__import__('popcon_site')._startup_hook()",
+}
+
+
+def build_floor_envs(built: dict[str, dict[str, BuiltEnv]]) -> dict[str, str]:
+    """Two tiny venvs for floors: one with no packages (for .pth lines), one with the wheel
+    and an empty module (for the cost of importing anything at start-up)."""
+    uv = envs.uv_binary()
+    out = {}
+    for name in ("pth", "import"):
+        root = WORK / "envs" / f"floor-{name}"
+        shutil.rmtree(root, ignore_errors=True)
+        subprocess.run(
+            [uv, "venv", "--quiet", "--python", envs.base_python(), str(root)],
+            check=True,
+            env=envs.installer_environ(),
+        )
+        out[name] = str(root / "bin" / "python")
+    wheel = next((WORK / "wheel").glob("popcon_site-*.whl"))
+    subprocess.run(
+        [
+            uv,
+            "pip",
+            "install",
+            "--quiet",
+            "--compile-bytecode",
+            "--no-deps",
+            "--python",
+            out["import"],
+            str(wheel),
+        ],
+        check=True,
+        env=envs.installer_environ(),
+    )
+    site = WORK / "envs" / "floor-import" / "lib"
+    (target,) = site.glob("python3*/site-packages")
+    (target / "popcon_bench_empty.py").write_text("")
+    subprocess.run(
+        [out["import"], "-m", "compileall", "-q", str(target / "popcon_bench_empty.py")],
+        check=True,
+        env=envs.installer_environ(),
+    )
+    return out
+
+
+def pth_alternatives(python: str, env: dict[str, str], scripts: Path) -> dict[str, int]:
+    """Instructions of `python -c pass` with one extra .pth file holding each kind of line."""
+    (site,) = (Path(python).parent.parent / "lib").glob("python3*/site-packages")
+    pth = site / "zz_popcon_bench.pth"
+    current = (envs.ROOT / "popcon_site.pth").read_text().strip()
+    counts = {}
+    for name, line in [
+        ("no .pth", None),
+        *PTH_LINES.items(),
+        ("popcon_site.pth as shipped", current),
+    ]:
+        if line is None:
+            pth.unlink(missing_ok=True)
+        else:
+            pth.write_text(line + "\n")
+        found = probes.instructions(python, _argv("pass", scripts), env, WORK / "callgrind")
+        if found is not None:
+            counts[name] = found
+    pth.unlink(missing_ok=True)
+    return counts
+
+
+def _scale(summary: Summary, factor: float) -> Json:
+    return {
+        "median": summary.median * factor,
+        "p25": summary.p25 * factor,
+        "p75": summary.p75 * factor,
+        "n": summary.n,
+    }
+
+
+def _block(results: Json, env: str, workload: str) -> Json:
+    return next(b for b in results["blocks"] if b["env"] == env and b["workload"] == workload)
+
+
+def paired_diff_per(block: Json, name: str, ref: str, field: str, factor: float) -> Json:
+    """Per-round difference of a raw field between two variants of a block, scaled."""
+    column = {"start_ms": 1, "body_ms": 2, "exit_ms": 3, "total_ms": 4}[field]
+    a = {row[0]: row[column] / 1e6 for row in block["variants"][name]["samples"]}
+    b = {row[0]: row[column] / 1e6 for row in block["variants"][ref]["samples"]}
+    diffs = [(a[r] - b[r]) * factor for r in a if r in b]
+    return summarize(diffs).as_dict()
+
+
+def growth(results: Json) -> Json:
+    rows = []
+    for spec in SPECS:
+        block = _block(results, spec.name, "rich")
+        v = block["variants"]
+        on_exit = v["on"]["vs_bare"]["exit_added_ms"]
+        earlier_exit = v["earlier"]["vs_bare"]["exit_added_ms"]
+        rows.append(
+            {
+                "env": spec.name,
+                "distributions": results["environments"][spec.name]["flavors"]["popcon"],
+                "on": on_exit,
+                "hook": v["hook"].get("hook_ms"),
+                "cold": v["cold"]["vs_bare"]["exit_added_ms"],
+                "earlier": earlier_exit,
+                "on_over_earlier": _over(on_exit["median"], earlier_exit["median"]),
+            }
+        )
+    rows.sort(
+        key=lambda r: (not r["env"].startswith("synth") and r["env"] != "small", r["distributions"])
+    )
+    by_env = {r["env"]: r for r in rows}
+
+    def ratio(key: str) -> float:
+        high, low = by_env["synth2000"][key], by_env["synth100"][key]
+        if not high or not low:
+            return float("nan")
+        return _over(high["median"], low["median"])
+
+    return {
+        "rows": rows,
+        "on_ratio": ratio("on"),
+        "hook_ratio": ratio("hook"),
+        "earlier_ratio": ratio("earlier"),
+    }
+
+
+def targets(results: Json) -> list[Json]:
+    def vs(env: str, workload: str, variant: str, field: str) -> Json:
+        return _block(results, env, workload)["variants"][variant]["vs_bare"][field]
+
+    def hook(env: str, workload: str) -> Json:
+        return _block(results, env, workload)["variants"]["hook"].get("hook_ms") or {}
+
+    out = []
+    factor = results["scale"]["factor"]
+
+    def add(
+        name: str, goal: str, value: float, limit: float, measured: str, scaled: bool = False
+    ) -> None:
+        verdict = "met" if value <= limit else "MISSED"
+        row = {
+            "name": name,
+            "target": goal,
+            "measured": measured,
+            "verdict": verdict,
+            "value": value,
+        }
+        if scaled:
+            row["scaled"] = f"<= +{limit * factor:.2f} ms"
+            if verdict == "MISSED" and value <= limit * factor:
+                row["verdict"] = "met when scaled"
+        out.append(row)
+
+    off = vs("small", "pass", "off", "total_ratio")
+    off_cpu = vs("small", "pass", "off", "cpu_ratio")
+    cg = results["probes"].get("callgrind", {}).get("pass", {})
+    instr = f"; instructions {cg['off'] / cg['bare']:.4f}" if "off" in cg and "bare" in cg else ""
+    add(
+        "off: python -c pass, total / bare",
+        "<= 1.01",
+        off["median"],
+        1.01,
+        f"{output.spread(off, 3)} (CPU {off_cpu['median']:.3f}{instr})",
+    )
+    start = vs("small", "pass", "on", "start_added_ms")
+    cpu = vs("small", "pass", "on", "cpu_added_ms")
+    add(
+        "on: start-up added (python -c pass)",
+        "<= +0.3 ms",
+        start["median"],
+        0.3,
+        f"{output.spread(start, 2, True)} ms (whole-process CPU {cpu['median']:+.2f} ms)",
+        scaled=True,
+    )
+    # Exit verdicts use the larger of the wall-clock median and the in-process hook time:
+    # the hook's own duration is a floor of what exit adds, and far less noisy.
+    ex = vs("small", "stdlib", "on", "exit_added_ms")
+    h = hook("small", "stdlib")
+    add(
+        "on: exit added, stdlib-only script",
+        "<= +1 ms",
+        max(ex["median"], h.get("median", 0)),
+        1.0,
+        f"{output.spread(ex, 2, True)} ms (hook in-process {output.spread(h, 2)} ms)",
+        scaled=True,
+    )
+    ex = vs("real130", "rich", "on", "exit_added_ms")
+    h = hook("real130", "rich")
+    earlier = vs("real130", "rich", "earlier", "exit_added_ms")
+    add(
+        "on: exit added, requests/yaml/numpy, 130 real dists",
+        "<= +3 ms",
+        max(ex["median"], h.get("median", 0)),
+        3.0,
+        f"{output.spread(ex, 2, True)} ms (hook {output.spread(h, 2)} ms; "
+        f"earlier {earlier['median']:+.0f} ms)",
+        scaled=True,
+    )
+    g = results["growth"]
+    add(
+        "growth: exit at 2,000 dists / at 100",
+        "<= 2x",
+        g["on_ratio"],
+        2.0,
+        f"{g['on_ratio']:.2f}x (in-process hook {g['hook_ratio']:.2f}x; earlier {g['earlier_ratio']:.1f}x)",
+    )
+    rows = results["probes"]["rows"]
+    wall = rows["watcher_wall_per_import_ns"][0]
+    micro = rows["watcher_per_import_ns"][0]
+    floor = rows["noop_finder_per_import_ns"][0]
+    # The wall-clock figure cannot resolve 1 us per import here (its spread is tens of us):
+    # the verdict uses the in-process lookup timing.
+    add(
+        "watcher: per newly imported module",
+        "<= 1 us",
+        micro["median"] / 1000,
+        1.0,
+        f"{micro['median'] / 1000:.2f} us in-process [{micro['p25'] / 1000:.2f}..{micro['p75'] / 1000:.2f}]"
+        f" (floor, do-nothing finder: {floor['median'] / 1000:.2f} us; wall {wall['median'] / 1000:+.2f} us"
+        f" [{wall['p25'] / 1000:+.2f}..{wall['p75'] / 1000:+.2f}])",
+    )
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())
