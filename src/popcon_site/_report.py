@@ -309,14 +309,18 @@ def _listed_in(top: str, site_dirs: "list[str]") -> bool:
     """Could ``top`` live in a site directory?  Asks the import system's cached listings.
 
     Most names seen but no longer loaded are failed imports; looking each one up
-    again would cost a burst of stat calls.
+    again would cost a burst of stat calls.  A few set lookups per name instead,
+    whatever the size of the directory.
     """
+    import _imp
+
+    candidates = [top, top + ".py", top + ".pyc", *(top + s for s in _imp.extension_suffixes())]
     cache = sys.path_importer_cache
     for directory in site_dirs:
         entries = getattr(cache.get(directory), "_path_cache", None)
         if entries is None:
             return True  # no listing to ask: look it up properly
-        if top in entries or any(entry.startswith(top + ".") for entry in entries):
+        if any(candidate in entries for candidate in candidates):
             return True
     return False
 
