@@ -699,12 +699,16 @@ def targets(results: Json) -> list[Json]:
         scaled=True,
     )
     g = results["growth"]
+    # A few ms of wall clock at 100 distributions is inside the noise (it can even be
+    # negative), so the ratio of wall-clock medians is meaningless; the in-process exit
+    # hook times exactly the work that could grow with the number of distributions.
     add(
         "growth: exit at 2,000 dists / at 100",
         "<= 2x",
-        g["on_ratio"],
+        g["hook_ratio"],
         2.0,
-        f"{g['on_ratio']:.2f}x (in-process hook {g['hook_ratio']:.2f}x; earlier {g['earlier_ratio']:.1f}x)",
+        f"{g['hook_ratio']:.2f}x in-process hook (wall clock {g['on_ratio']:.2f}x; "
+        f"earlier {g['earlier_ratio']:.1f}x)",
     )
     rows = results["probes"]["rows"]
     wall = rows["watcher_wall_per_import_ns"][0]
