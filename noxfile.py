@@ -11,7 +11,7 @@ from pathlib import Path
 import nox
 
 ROOT = Path(__file__).parent
-nox.options.sessions = ["lint", "tests", "tests_sid", "e2e"]
+nox.options.sessions = ["lint", "tests", "tests_sid", "e2e", "reliability"]
 nox.options.reuse_existing_virtualenvs = True
 
 TEST_DEPS = ["pytest", "pytest-xdist", "uv", "hatchling", "statsd", "importlib-metadata"]
@@ -198,10 +198,31 @@ def _ensure_debs(session: nox.Session, packages: list[str]) -> None:
             policy.unlink()
 
 
+@nox.session(python="3.11")
+def reliability(session: nox.Session) -> None:
+    """Fault matrix, load test, hostile input (tests_reliability/).
+
+    Needs root (network namespaces, read-only mounts, a second user) and node + npm
+    (the reference daemon, npm statsd@0.9.0, installed once under .nox/).
+    """
+    session.install(*TEST_DEPS, "hypothesis", ".")
+    session.run(
+        "python",
+        "-m",
+        "pytest",
+        "tests_reliability",
+        "-p",
+        "no:cacheprovider",
+        *session.posargs,
+        env={"POPCON_STATSD_DIR": str(ROOT / ".nox" / "statsd-0.9.0")},
+    )
+
+
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff (lint + format check) and mypy --strict on src/."""
     session.install("ruff", "mypy", "statsd", "importlib-metadata")
-    session.run("ruff", "check", "src", "tests", "benchmarks", "noxfile.py")
-    session.run("ruff", "format", "--check", "src", "tests", "benchmarks", "noxfile.py")
+    paths = ["src", "tests", "tests_reliability", "benchmarks", "noxfile.py"]
+    session.run("ruff", "check", *paths)
+    session.run("ruff", "format", "--check", *paths)
     session.run("mypy", "--strict", "src")

@@ -15,7 +15,13 @@ import pytest
 
 from conftest import Env, UdpSink, base_environ, enabled, libraries, make_env
 
-HANG_PTH = "import _socket, time; _socket.getaddrinfo = lambda *args, **kwargs: time.sleep(3600)\n"
+# A .pth line runs inside site's addpackage(): names it imports are locals there, so
+# the lambda binds `time` as a default argument (a global lookup would raise NameError
+# at once, and the "hanging" resolver would fail fast instead).
+HANG_PTH = (
+    "import _socket, time; "
+    "_socket.getaddrinfo = lambda *args, _time=time, **kwargs: _time.sleep(3600)\n"
+)
 
 
 @pytest.fixture(scope="module")

@@ -87,13 +87,15 @@ class Session:
         self.resolution: object = None  # a _resolve.Resolution when the host is a name
 
     def start_up_over(self) -> None:
-        self.forget_inherited()
+        # Only what the watcher saw site import (and is loaded) becomes baseline: modules
+        # the program imported through a finder ahead of the watcher still count.
+        self.starting = False
+        self.baseline = self.baseline.union(self.watcher.seen.intersection(sys.modules))
+        self.watcher.seen = set()
         self.watcher.__class__ = _SteadyWatcher
 
     def imported_names(self) -> "set[str]":
         # Modules imported since activation: still loaded, or seen by the watcher.
-        if self.starting:  # the program never imported anything after start-up
-            return set()
         loaded: set[str] = set()
         for _attempt in range(3):  # a daemon thread importing during exit can resize it
             try:
@@ -101,6 +103,11 @@ class Session:
                 break
             except RuntimeError:
                 continue
+        if self.starting:
+            # The watcher saw no import of the program's: it imported nothing, or a
+            # finder ahead of the watcher answered them all, or the program removed it.
+            # What the watcher did see is site's start-up work.
+            return loaded - self.baseline - self.watcher.seen
         return (loaded | set(self.watcher.seen)) - self.baseline
 
     def forget_inherited(self) -> None:

@@ -42,7 +42,9 @@ def build(site_dir: str) -> SiteIndex:
     owned: dict[Parts, str] = {}
     roots: dict[str, str] = {}
     listing: list[str] | None = None
+    total = failures = 0
     for dist in distributions(path=[site_dir]):
+        total += 1
         try:
             name = normalize(_name(dist))
             if not is_safe_name(name):
@@ -58,8 +60,14 @@ def build(site_dir: str) -> SiteIndex:
             for root in _editable_roots(dist, installed, site_dir):
                 roots.setdefault(root, name)
         except Exception:  # one broken distribution must not cost the others
+            failures += 1
             continue
-    return SiteIndex(site_dir, stamp, shortest_unique_prefixes(owned), roots)
+    index = SiteIndex(site_dir, stamp, shortest_unique_prefixes(owned), roots)
+    # A broken distribution or two fail the same way every time; most of them failing at
+    # once is this process's state (sys.modules replaced, no file descriptors left...),
+    # and must not be saved for every later process.
+    index.complete = failures == 0 or failures * 2 < total
+    return index
 
 
 def shortest_unique_prefixes(owned: dict[Parts, str]) -> dict[str, str]:

@@ -29,7 +29,7 @@ SYSTEM_INDEX_SUBDIR = os.path.join("share", "popcon-site", "index")
 class SiteIndex:
     """Who owns which path inside one site directory."""
 
-    __slots__ = ("owners", "roots", "site_dir", "stamp")
+    __slots__ = ("complete", "fallback", "owners", "roots", "site_dir", "stamp")
 
     def __init__(
         self, site_dir: str, stamp: str, owners: "dict[str, str]", roots: "dict[str, str]"
@@ -38,15 +38,18 @@ class SiteIndex:
         self.stamp = stamp
         self.owners = owners  # "yaml" / "google/protobuf" / "six.py" -> "pyyaml"
         self.roots = roots  # source directory of an editable install -> distribution
+        self.fallback: dict[str, str] = {}  # owners of the stale index this one replaced
+        self.complete = True  # False: built while some distributions could not be read
 
     def owner_of(self, relative_parts: "list[str]") -> "str | None":
         """The distribution owning a path inside the site directory, if any."""
-        key = ""
-        for part in relative_parts:
-            key = f"{key}/{part}" if key else part
-            owner = self.owners.get(key)
-            if owner is not None:
-                return owner
+        for owners in (self.owners, self.fallback):
+            key = ""
+            for part in relative_parts:
+                key = f"{key}/{part}" if key else part
+                owner = owners.get(key)
+                if owner is not None:
+                    return owner
         return None
 
     def to_text(self) -> str:
@@ -71,22 +74,34 @@ def fresh_index(site_dir: str) -> "tuple[SiteIndex | None, bool]":
         if found is not None:
             return found, False
     cache_dir = user_cache_dir()
+    stale = None
     if cache_dir is not None:
         found = load(cache_dir, site_dir, stamp, shared=False)
         if found is not None:
             return found, False
+        stale = load(cache_dir, site_dir, None, shared=False)
     from popcon_site._build import build
 
     built = build(site_dir)
-    if cache_dir is not None and built.stamp == stamp:
+    # A build in which most distributions failed says more about this process (sys.modules
+    # replaced, no file descriptors left...) than about the directory: never keep it.
+    if cache_dir is not None and built.stamp == stamp and built.complete:
         save(built, cache_dir)
+    if stale is not None:
+        # Distributions removed while this process ran: what it imported from them still counts.
+        built.fallback = stale.owners
     return built, True
 
 
-def parse(text: str, site_dir: str, stamp: str) -> "SiteIndex | None":
-    """The index in ``text`` if it is well formed and fresh for ``site_dir``, else None."""
+def parse(text: str, site_dir: str, stamp: "str | None") -> "SiteIndex | None":
+    """The index in ``text`` if it is well formed and fresh for ``site_dir``, else None.
+
+    ``stamp=None`` accepts an index of any age (the fallback for removed distributions).
+    """
     lines = text.split("\n")
-    if len(lines) < 5 or lines[0] != FORMAT or lines[1] != site_dir or lines[2] != stamp:
+    if len(lines) < 5 or lines[0] != FORMAT or lines[1] != site_dir:
+        return None
+    if stamp is not None and lines[2] != stamp:
         return None
     if lines.pop() != "" or not lines[3].isdigit():
         return None
@@ -97,7 +112,7 @@ def parse(text: str, site_dir: str, stamp: str) -> "SiteIndex | None":
     owners = lines[end_of_roots:]
     return SiteIndex(
         site_dir,
-        stamp,
+        lines[2],
         dict(zip(owners[::2], owners[1::2])),
         dict(zip(roots[::2], roots[1::2])),
     )
@@ -147,7 +162,7 @@ def system_index_dirs() -> "list[str]":
     return dirs
 
 
-def load(directory: str, site_dir: str, stamp: str, shared: bool) -> "SiteIndex | None":
+def load(directory: str, site_dir: str, stamp: "str | None", shared: bool) -> "SiteIndex | None":
     """Read a fresh index for ``site_dir`` from ``directory``; None if absent, stale or bad.
 
     A user cache file must belong to this user; a shared (system) one to root,
@@ -155,7 +170,9 @@ def load(directory: str, site_dir: str, stamp: str, shared: bool) -> "SiteIndex 
     """
     path = os.path.join(directory, file_name(site_dir))
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+        # O_NONBLOCK: opening a FIFO planted at this path must not wait for a writer.
+        flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0)
+        fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0))
     except (OSError, ValueError):
         return None
     try:
@@ -199,6 +216,13 @@ def save(index: "SiteIndex", directory: str, shared: bool = False) -> bool:
     try:
         if shared:  # inside the environment: create it all (a venv has no share/)
             os.makedirs(directory, dir_mode, exist_ok=True)
+            # makedirs obeys the umask (0o755 is 0o700 under umask 077): every user of
+            # the environment must be able to reach the index (index/, popcon-site/, share/).
+            parent = os.path.dirname(directory)
+            for path in (directory, parent, os.path.dirname(parent)):
+                info = os.stat(path)
+                if info.st_uid == os.geteuid() and info.st_mode & 0o055 != 0o055:
+                    os.chmod(path, stat.S_IMODE(info.st_mode) | 0o055)
         else:
             _make_dirs(directory, dir_mode)
         info = os.lstat(directory)

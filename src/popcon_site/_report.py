@@ -211,7 +211,7 @@ def rank(environ: "Mapping[str, str]") -> "int | None":
     """This process's MPI/Slurm rank, from the launcher's variables; None outside a job."""
     for variable in RANK_VARIABLES:
         value = environ.get(variable, "").strip()
-        if value.isascii() and value.isdigit():
+        if value.isascii() and value.isdigit() and len(value) <= 18:  # int() refuses > 4300 digits
             return int(value)
     return None
 
@@ -282,9 +282,16 @@ def locate_unloaded(name: str) -> "str | None":
     return None
 
 
-def module_files(names: "Iterable[str]", site_dirs: "list[str]") -> "set[str]":
-    """The files of these modules; blocked (None) entries and the stdlib have none."""
+def module_files(
+    names: "Iterable[str]", site_dirs: "list[str]", seen: "Iterable[str]" = ()
+) -> "set[str]":
+    """The files of these modules; blocked (None) entries and the stdlib have none.
+
+    ``seen``: names the watcher saw looked up.  An entry the program replaced after
+    importing it (by None, or by an object that is not a module) is looked up again.
+    """
     modules = sys.modules
+    looked_up = set(seen)
     stdlib_names: frozenset[str] = getattr(sys, "stdlib_module_names", frozenset())
     files = set()
     for name in names:
@@ -294,10 +301,12 @@ def module_files(names: "Iterable[str]", site_dirs: "list[str]") -> "set[str]":
         module = modules.get(name)
         if module is not None:
             path = module_file(module)
-        elif name in modules:
-            continue  # set to None on purpose: blocked, never loaded
+            if path is None and not isinstance(module, type(sys)) and _listed_in(top, site_dirs):
+                path = locate_unloaded(name)  # replaced by a proxy or any other object
+        elif name in modules and name not in looked_up:
+            continue  # set to None before any import: blocked, never loaded
         elif _listed_in(top, site_dirs):
-            path = locate_unloaded(name)  # imported, then deleted
+            path = locate_unloaded(name)  # imported, then deleted (or set to None)
         else:
             continue  # a failed import (an optional dependency probed), or not attributable
         if path is not None:
@@ -460,11 +469,22 @@ def is_safe_name(name: str) -> bool:
     )
 
 
-def counter_lines(prefix: str, reports_name: str, names: "Iterable[str]") -> "list[str]":
+def counter_lines(
+    prefix: str, reports_name: str, names: "Iterable[str]", with_reports: bool = True
+) -> "list[str]":
     """One ``+1`` counter per distribution (sorted), then the per-process ``reports``."""
     lines = [f"{prefix}.{name}:1|c" for name in sorted(set(names)) if is_safe_name(name)]
-    lines.append(f"{reports_name}:1|c")
+    if with_reports:
+        lines.append(f"{reports_name}:1|c")
     return lines
+
+
+def in_main_interpreter() -> bool:
+    """False in a subinterpreter (3.12+): it runs the start-up hook too, and reports."""
+    import _thread
+
+    check = getattr(_thread, "_is_main_interpreter", None)
+    return True if check is None else bool(check())
 
 
 def datagrams(lines: "list[str]", max_size: int = MAX_DATAGRAM) -> "list[bytes]":
@@ -528,7 +548,9 @@ def send_udp(address: "Address", payloads: "list[bytes]") -> int:
 def send_tcp(address: "Address", lines: "list[str]", timeout: float) -> None:
     """All lines over one TCP connection, with the ``statsd`` package's TCP client.
 
-    Raises OSError when the server cannot be reached within ``timeout``.
+    The TCP transport costs the import of ``statsd`` (~15 ms) at exit: the
+    price of a connection-oriented transport, chosen by the admin.  Raises
+    OSError when the server cannot be reached within ``timeout``.
     """
     import _socket
 
@@ -566,13 +588,16 @@ def report(session: "Session", names: "set[str]") -> str:
         if job_rank:
             return f"not reporting: rank {job_rank} of a job ({ENV_RANK0_ONLY}: rank 0 reports)"
     attributor = Attributor.for_this_process()
-    used = attributor.distributions(module_files(names, attributor.site_dirs))
+    used = attributor.distributions(module_files(names, attributor.site_dirs, session.watcher.seen))
     if session.host_modules:  # an IPython kernel: its own distributions never count
         host = module_files(session.host_modules, attributor.site_dirs)
         used -= attributor.distributions(host)
     if config.include or config.exclude:
         used = {name for name in used if config.allows(name)}
-    lines = counter_lines(config.prefix, config.reports_name, used)
+    # A subinterpreter sends what it imported; the process is counted once, by the main one.
+    lines = counter_lines(config.prefix, config.reports_name, used, in_main_interpreter())
+    if not lines:
+        return "nothing imported in this subinterpreter"
     summary = ", ".join(sorted(used)) or "no distributions"
 
     started = time.monotonic()

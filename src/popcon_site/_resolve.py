@@ -7,6 +7,7 @@ Python 3.12+ refuses to start threads once exit has begun.  The report waits
 for the answer at most its network budget.
 """
 
+import _socket  # imported by the activating thread: the lookup thread imports nothing
 import _thread
 
 TYPE_CHECKING = False
@@ -16,10 +17,12 @@ if TYPE_CHECKING:
 
 def lookup(host: str, port: "int | None" = None) -> "Address | None":
     """Blocking lookup; IPv4 first (the statsd client's default family), then IPv6."""
-    import _socket
-
     try:
-        infos = _socket.getaddrinfo(host, port, 0, _socket.SOCK_DGRAM)
+        # bytes: a str host is encoded with the "idna" codec, whose first use imports
+        # encodings.idna, stringprep and unicodedata in this thread; a child forked
+        # meanwhile inherits their import locks, held by a thread it does not have, and
+        # hangs at its first import of any of them.
+        infos = _socket.getaddrinfo(host.encode("ascii"), port, 0, _socket.SOCK_DGRAM)
     except (OSError, UnicodeError, ValueError):
         return None
     for wanted in (_socket.AF_INET, _socket.AF_INET6):
