@@ -224,10 +224,19 @@ def test_editable_setuptools_project_counts_under_its_name(
 
 
 def base_interpreter() -> str:
-    """The real interpreter behind the one running the tests (which may be a venv's)."""
-    if sys.prefix != sys.base_prefix:
-        return getattr(sys, "_base_executable", None) or sys.executable
-    return sys.executable
+    """The real interpreter behind the one running the tests (which may be a venv's).
+
+    virtualenv-made venvs on 3.9/3.10 report the venv's own python as
+    ``sys._base_executable``; the interpreter under ``sys.base_prefix`` is the real one.
+    """
+    if sys.prefix == sys.base_prefix:
+        return sys.executable
+    version = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    for name in (f"python{version}", "python3"):
+        candidate = os.path.join(sys.base_prefix, "bin", name)
+        if os.path.exists(candidate):
+            return candidate
+    pytest.fail(f"no base interpreter under {sys.base_prefix}")
 
 
 def listing(path: str) -> list[str]:
@@ -254,13 +263,10 @@ def test_user_site_install(tmp_path: Path, wheel: Path, sink: UdpSink, home: Pat
     *base_dirs, default_userbase = json.loads(probe.stdout)
     # Debian's interpreters ship without pip: drive the test runner's pip at them.
     pip = [sys.executable, "-m", "pip", "--python", python]
-    if (
-        subprocess.run(
-            [python, "-s", "-c", "import popcon_site"], capture_output=True, env=base_environ()
-        ).returncode
-        == 0
-    ):
-        pytest.skip(f"popcon-site is already installed for {python}")
+    installed = subprocess.run(
+        [python, "-s", "-c", "import popcon_site"], capture_output=True, env=base_environ()
+    )
+    assert installed.returncode != 0, f"{python} must not have popcon-site installed already"
     before = {d: listing(d) for d in [*base_dirs, default_userbase]}
 
     # --ignore-installed: the base interpreter may have six already; it must land in the user site.

@@ -91,7 +91,9 @@ def run_cell_in_kernel(
     assert result["kernel"][0] == str(jupyter.python), result  # type: ignore[index]
     # A graceful exit (not the SIGKILL that follows a shutdown timeout): atexit has run.
     assert result["returncode"] == 0, (result, proc.stderr)
-    assert "popcon-site" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    # The driver's own jupyter_client may complain at its shutdown (3.9); the kernel's
+    # stderr is not ours to see here, but nothing may come from popcon-site.
+    assert "popcon" not in proc.stderr, proc.stderr
     return result
 
 
