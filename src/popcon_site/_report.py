@@ -301,8 +301,9 @@ def module_files(
         module = modules.get(name)
         if module is not None:
             path = module_file(module)
-            if path is None and not isinstance(module, type(sys)) and _listed_in(top, site_dirs):
-                path = locate_unloaded(name)  # replaced by a proxy or any other object
+            replaced = path is None and not isinstance(module, type(sys)) and name in looked_up
+            if replaced and _listed_in(top, site_dirs):
+                path = locate_unloaded(name)  # imported, then replaced by another object
         elif name in modules and name not in looked_up:
             continue  # set to None before any import: blocked, never loaded
         elif _listed_in(top, site_dirs):
