@@ -1,17 +1,16 @@
-"""The persistent module -> distribution index, one file per site directory.
-
-An index maps paths relative to a site directory to the normalized name of
-the distribution that installed them, using the shortest path prefix that
-only one distribution owns (``yaml`` -> pyyaml, ``google/protobuf`` ->
-protobuf, ``six.py`` -> six).  It also lists the source directories of
-editable installs.  It is stamped with the site directory's modification
-time, which changes whenever an installer adds or removes a distribution, so
-a stale index is detected with one ``stat``.
-
-The file is plain text, one value per line, read without any parser that
-could run code.  Loading happens at exit, so this module imports nothing that
-the interpreter has not loaded already (and no ``from __future__``).
-"""
+# The persistent module -> distribution index, one file per site directory.
+#
+# An index maps paths relative to a site directory to the normalized name of
+# the distribution that installed them, using the shortest path prefix that
+# only one distribution owns (``yaml`` -> pyyaml, ``google/protobuf`` ->
+# protobuf, ``six.py`` -> six).  It also lists the source directories of
+# editable installs.  It is stamped with the site directory's modification
+# time, which changes whenever an installer adds or removes a distribution, so
+# a stale index is detected with one ``stat``.
+#
+# The file is plain text, one value per line, read without any parser that
+# could run code.  Loading happens at exit, so this module imports nothing that
+# the interpreter has not loaded already (and no ``from __future__``).
 
 import os
 import stat
@@ -27,7 +26,7 @@ SYSTEM_INDEX_SUBDIR = os.path.join("share", "popcon-site", "index")
 
 
 class SiteIndex:
-    """Who owns which path inside one site directory."""
+    # Who owns which path inside one site directory.
 
     __slots__ = ("complete", "fallback", "owners", "roots", "site_dir", "stamp")
 
@@ -42,7 +41,7 @@ class SiteIndex:
         self.complete = True  # False: built while some distributions could not be read
 
     def owner_of(self, relative_parts: "list[str]") -> "str | None":
-        """The distribution owning a path inside the site directory, if any."""
+        # The distribution owning a path inside the site directory, if any.
         for owners in (self.owners, self.fallback):
             key = ""
             for part in relative_parts:
@@ -61,11 +60,10 @@ class SiteIndex:
 
 
 def fresh_index(site_dir: str) -> "tuple[SiteIndex | None, bool]":
-    """A fresh index for ``site_dir`` and whether it had to be built now.
-
-    The environment's shared index (``popcon-site index --system``) is tried
-    first, then the user's cache; failing both, it is built and cached.
-    """
+    # A fresh index for ``site_dir`` and whether it had to be built now.
+    #
+    # The environment's shared index (``popcon-site index --system``) is tried
+    # first, then the user's cache; failing both, it is built and cached.
     stamp = stamp_of(site_dir)
     if stamp is None:
         return None, False
@@ -94,10 +92,9 @@ def fresh_index(site_dir: str) -> "tuple[SiteIndex | None, bool]":
 
 
 def parse(text: str, site_dir: str, stamp: "str | None") -> "SiteIndex | None":
-    """The index in ``text`` if it is well formed and fresh for ``site_dir``, else None.
-
-    ``stamp=None`` accepts an index of any age (the fallback for removed distributions).
-    """
+    # The index in ``text`` if it is well formed and fresh for ``site_dir``, else None.
+    #
+    # ``stamp=None`` accepts an index of any age (the fallback for removed distributions).
     lines = text.split("\n")
     if len(lines) < 5 or lines[0] != FORMAT or lines[1] != site_dir:
         return None
@@ -119,7 +116,7 @@ def parse(text: str, site_dir: str, stamp: "str | None") -> "SiteIndex | None":
 
 
 def stamp_of(site_dir: str) -> "str | None":
-    """Changes whenever an entry is added to or removed from the directory."""
+    # Changes whenever an entry is added to or removed from the directory.
     try:
         st = os.stat(site_dir)
     except (OSError, ValueError):
@@ -128,7 +125,7 @@ def stamp_of(site_dir: str) -> "str | None":
 
 
 def file_name(site_dir: str) -> str:
-    """A stable file name for a site directory (FNV-1a: no hashlib import at exit)."""
+    # A stable file name for a site directory (FNV-1a: no hashlib import at exit).
     value = 0xCBF29CE484222325
     for byte in os.fsencode(site_dir):
         value = ((value ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
@@ -136,7 +133,7 @@ def file_name(site_dir: str) -> str:
 
 
 def user_cache_dir(environ: "Mapping[str, str] | None" = None) -> "str | None":
-    """``$PYTHON_POPCONTEST_CACHE_DIR``, else ``$XDG_CACHE_HOME/popcon-site``, else ~/.cache."""
+    # ``$PYTHON_POPCONTEST_CACHE_DIR``, else ``$XDG_CACHE_HOME/popcon-site``, else ~/.cache.
     env = os.environ if environ is None else environ
     explicit = env.get("PYTHON_POPCONTEST_CACHE_DIR")
     if explicit:
@@ -154,7 +151,7 @@ def user_cache_dir(environ: "Mapping[str, str] | None" = None) -> "str | None":
 
 
 def system_index_dirs() -> "list[str]":
-    """Where ``popcon-site index --system`` writes: inside the environment, for all users."""
+    # Where ``popcon-site index --system`` writes: inside the environment, for all users.
     dirs = [os.path.join(sys.prefix, SYSTEM_INDEX_SUBDIR)]
     base = os.path.join(sys.base_prefix, SYSTEM_INDEX_SUBDIR)
     if base not in dirs:
@@ -163,11 +160,10 @@ def system_index_dirs() -> "list[str]":
 
 
 def load(directory: str, site_dir: str, stamp: "str | None", shared: bool) -> "SiteIndex | None":
-    """Read a fresh index for ``site_dir`` from ``directory``; None if absent, stale or bad.
-
-    A user cache file must belong to this user; a shared (system) one to root,
-    this user or the owner of the directory it sits in.  Symlinks are refused.
-    """
+    # Read a fresh index for ``site_dir`` from ``directory``; None if absent, stale or bad.
+    #
+    # A user cache file must belong to this user; a shared (system) one to root,
+    # this user or the owner of the directory it sits in.  Symlinks are refused.
     path = os.path.join(directory, file_name(site_dir))
     try:
         # O_NONBLOCK: opening a FIFO planted at this path must not wait for a writer.
@@ -207,11 +203,10 @@ def load(directory: str, site_dir: str, stamp: "str | None", shared: bool) -> "S
 
 
 def save(index: "SiteIndex", directory: str, shared: bool = False) -> bool:
-    """Write atomically (temp file + rename) so concurrent writers never leave a torn file.
-
-    User caches are private (0700 directory, 0600 file) and must be a real
-    directory owned by this user; shared ones are readable by everyone.
-    """
+    # Write atomically (temp file + rename) so concurrent writers never leave a torn file.
+    #
+    # User caches are private (0700 directory, 0600 file) and must be a real
+    # directory owned by this user; shared ones are readable by everyone.
     dir_mode, file_mode = (0o755, 0o644) if shared else (0o700, 0o600)
     try:
         if shared:  # inside the environment: create it all (a venv has no share/)
@@ -253,7 +248,7 @@ def save(index: "SiteIndex", directory: str, shared: bool = False) -> bool:
 
 
 def _make_dirs(directory: str, mode: int) -> None:
-    """Create the directory and at most its parent (``~/.cache``), never a missing home."""
+    # Create the directory and at most its parent (``~/.cache``), never a missing home.
     parent = os.path.dirname(directory)
     if not os.path.isdir(os.path.dirname(parent)):
         raise FileNotFoundError(directory)

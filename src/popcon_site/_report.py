@@ -1,13 +1,12 @@
-"""Exit half of popcon-site: read the configuration, attribute imports, send counters.
-
-Imported once per process, at exit, after the imported names were
-snapshotted, so its own imports (``_socket``, and ``importlib_metadata`` or
-``statsd`` when it needs them) are never counted.  Configuration, attribution
-and the wire format share this one module because each extra module import
-costs every reporting process ~0.2 ms; the index file (``_index``) and its
-builder (``_build``) load only when a process imported something installed.
-No ``from __future__`` import: that alone would cost another module import.
-"""
+# Exit half of popcon-site: read the configuration, attribute imports, send counters.
+#
+# Imported once per process, at exit, after the imported names were
+# snapshotted, so its own imports (``_socket``, and ``importlib_metadata`` or
+# ``statsd`` when it needs them) are never counted.  Configuration, attribution
+# and the wire format share this one module because each extra module import
+# costs every reporting process ~0.2 ms; the index file (``_index``) and its
+# builder (``_build``) load only when a process imported something installed.
+# No ``from __future__`` import: that alone would cost another module import.
 
 import os
 import sys
@@ -57,11 +56,12 @@ _MAX_HOST = 253
 
 
 class ConfigError(ValueError):
-    """A ``PYTHON_POPCONTEST_*`` value that cannot be used; the message is one line."""
+    # A ``PYTHON_POPCONTEST_*`` value that cannot be used; the message is one line.
+    pass
 
 
 class Config:
-    """Where and under which names this process reports."""
+    # Where and under which names this process reports.
 
     __slots__ = (
         "debug",
@@ -97,7 +97,7 @@ class Config:
         self.reports_name = reports_name_for(prefix)
 
     def allows(self, name: str) -> bool:
-        """INCLUDE (when set) must match and EXCLUDE must not."""
+        # INCLUDE (when set) must match and EXCLUDE must not.
         if self.include and not matches_any(name, self.include):
             return False
         return not matches_any(name, self.exclude)
@@ -108,12 +108,11 @@ def is_true(value: "str | None") -> bool:
 
 
 def reports_name_for(prefix: str) -> str:
-    """The per-process counter is a sibling of the prefix's last segment.
-
-    ``python_popcon.library_used`` -> ``python_popcon.reports``;
-    ``python_popcon.namespace.X.library_used`` -> ``python_popcon.namespace.X.reports``;
-    a one-segment prefix such as ``popcon`` -> ``reports``.
-    """
+    # The per-process counter is a sibling of the prefix's last segment.
+    #
+    # ``python_popcon.library_used`` -> ``python_popcon.reports``;
+    # ``python_popcon.namespace.X.library_used`` -> ``python_popcon.namespace.X.reports``;
+    # a one-segment prefix such as ``popcon`` -> ``reports``.
     parent, dot, _last = prefix.rpartition(".")
     return parent + dot + "reports"
 
@@ -175,7 +174,7 @@ def parse_flag(name: str, raw: str) -> bool:
 
 
 def parse_patterns(name: str, raw: str) -> "tuple[str, ...]":
-    """Comma-separated distribution names (normalized here) or fnmatch patterns."""
+    # Comma-separated distribution names (normalized here) or fnmatch patterns.
     patterns = []
     for item in raw.split(","):
         pattern = normalize_name(item.strip())
@@ -188,7 +187,7 @@ def parse_patterns(name: str, raw: str) -> "tuple[str, ...]":
 
 
 def normalize_name(name: str) -> str:
-    """PEP 503 normalization without ``re`` (not loaded in most processes at exit)."""
+    # PEP 503 normalization without ``re`` (not loaded in most processes at exit).
     text = name.lower().replace("_", "-").replace(".", "-")
     while "--" in text:
         text = text.replace("--", "-")
@@ -208,7 +207,7 @@ def matches_any(name: str, patterns: "tuple[str, ...]") -> bool:
 
 
 def rank(environ: "Mapping[str, str]") -> "int | None":
-    """This process's MPI/Slurm rank, from the launcher's variables; None outside a job."""
+    # This process's MPI/Slurm rank, from the launcher's variables; None outside a job.
     for variable in RANK_VARIABLES:
         value = environ.get(variable, "").strip()
         if value.isascii() and value.isdigit() and len(value) <= 18:  # int() refuses > 4300 digits
@@ -217,7 +216,7 @@ def rank(environ: "Mapping[str, str]") -> "int | None":
 
 
 def config_from_environ(environ: "Mapping[str, str] | None" = None) -> Config:
-    """Read the configuration; raises ConfigError (only) on an invalid value."""
+    # Read the configuration; raises ConfigError (only) on an invalid value.
     env = os.environ if environ is None else environ
     try:
         return Config(
@@ -237,7 +236,7 @@ def config_from_environ(environ: "Mapping[str, str] | None" = None) -> Config:
 
 
 def _shorten(raw: str, limit: int = 40) -> str:
-    """ascii() of a value, cut so that one bad variable still gives one short line."""
+    # ascii() of a value, cut so that one bad variable still gives one short line.
     return ascii(raw if len(raw) <= limit else raw[:limit] + "...")
 
 
@@ -247,11 +246,10 @@ OWN_DISTRIBUTION = "popcon-site"
 
 
 def module_file(module: object) -> "str | None":
-    """The file a module object was loaded from, read without triggering lazy loaders.
-
-    ``sys.modules`` may hold lazy modules or arbitrary objects; reading the
-    instance dictionary directly runs no ``__getattr__`` of theirs.
-    """
+    # The file a module object was loaded from, read without triggering lazy loaders.
+    #
+    # ``sys.modules`` may hold lazy modules or arbitrary objects; reading the
+    # instance dictionary directly runs no ``__getattr__`` of theirs.
     try:
         path = object.__getattribute__(module, "__dict__").get("__file__")
     except Exception:
@@ -260,7 +258,7 @@ def module_file(module: object) -> "str | None":
 
 
 def locate_unloaded(name: str) -> "str | None":
-    """Where a module that left ``sys.modules`` would be loaded from (path-based finders)."""
+    # Where a module that left ``sys.modules`` would be loaded from (path-based finders).
     finder = getattr(sys.modules.get("_frozen_importlib_external"), "PathFinder", None)
     if finder is None:
         return None
@@ -285,11 +283,10 @@ def locate_unloaded(name: str) -> "str | None":
 def module_files(
     names: "Iterable[str]", site_dirs: "list[str]", seen: "Iterable[str]" = ()
 ) -> "set[str]":
-    """The files of these modules; blocked (None) entries and the stdlib have none.
-
-    ``seen``: names the watcher saw looked up.  An entry the program replaced after
-    importing it (by None, or by an object that is not a module) is looked up again.
-    """
+    # The files of these modules; blocked (None) entries and the stdlib have none.
+    #
+    # ``seen``: names the watcher saw looked up.  An entry the program replaced after
+    # importing it (by None, or by an object that is not a module) is looked up again.
     modules = sys.modules
     looked_up = set(seen)
     stdlib_names: frozenset[str] = getattr(sys, "stdlib_module_names", frozenset())
@@ -316,12 +313,11 @@ def module_files(
 
 
 def _listed_in(top: str, site_dirs: "list[str]") -> bool:
-    """Could ``top`` live in a site directory?  Asks the import system's cached listings.
-
-    Most names seen but no longer loaded are failed imports; looking each one up
-    again would cost a burst of stat calls.  A few set lookups per name instead,
-    whatever the size of the directory.
-    """
+    # Could ``top`` live in a site directory?  Asks the import system's cached listings.
+    #
+    # Most names seen but no longer loaded are failed imports; looking each one up
+    # again would cost a burst of stat calls.  A few set lookups per name instead,
+    # whatever the size of the directory.
     import _imp
 
     candidates = [top, top + ".py", top + ".pyc", *(top + s for s in _imp.extension_suffixes())]
@@ -336,11 +332,10 @@ def _listed_in(top: str, site_dirs: "list[str]") -> bool:
 
 
 def site_dirs() -> "list[str]":
-    """The site directories of this interpreter (environment, base when visible, user site).
-
-    Also any ``site-packages`` / ``dist-packages`` directory on ``sys.path``:
-    with ``-S`` or in an embedded interpreter the program adds them itself.
-    """
+    # The site directories of this interpreter (environment, base when visible, user site).
+    #
+    # Also any ``site-packages`` / ``dist-packages`` directory on ``sys.path``:
+    # with ``-S`` or in an embedded interpreter the program adds them itself.
     dirs = [
         entry
         for entry in sys.path
@@ -371,7 +366,7 @@ def stdlib_dir() -> "str | None":
 
 
 class Attributor:
-    """Maps module files to distribution names, loading each site index at most once."""
+    # Maps module files to distribution names, loading each site index at most once.
 
     def __init__(self, site_dirs: "list[str]", stdlib: "str | None") -> None:
         # Longest first, so that a site directory nested in another one wins.
@@ -412,7 +407,7 @@ class Attributor:
         return bool(self.stdlib) and path.startswith(f"{self.stdlib}{os.sep}")
 
     def owner_in_site_dir(self, path: str) -> "tuple[str | None, bool]":
-        """(owner, decided): decided is False when only editable roots can tell."""
+        # (owner, decided): decided is False when only editable roots can tell.
         site_dir = self.site_dir_of(path)
         if site_dir is not None:
             index = self.index(site_dir)
@@ -457,11 +452,10 @@ _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
 
 
 def is_safe_name(name: str) -> bool:
-    """True for a normalized name that can only ever be one metric component.
-
-    Checked right before sending, whatever the index says, so that metadata
-    can never inject a statsd line.
-    """
+    # True for a normalized name that can only ever be one metric component.
+    #
+    # Checked right before sending, whatever the index says, so that metadata
+    # can never inject a statsd line.
     return (
         0 < len(name) <= MAX_NAME
         and set(name) <= _NAME_CHARS
@@ -473,7 +467,7 @@ def is_safe_name(name: str) -> bool:
 def counter_lines(
     prefix: str, reports_name: str, names: "Iterable[str]", with_reports: bool = True
 ) -> "list[str]":
-    """One ``+1`` counter per distribution (sorted), then the per-process ``reports``."""
+    # One ``+1`` counter per distribution (sorted), then the per-process ``reports``.
     lines = [f"{prefix}.{name}:1|c" for name in sorted(set(names)) if is_safe_name(name)]
     if with_reports:
         lines.append(f"{reports_name}:1|c")
@@ -481,7 +475,7 @@ def counter_lines(
 
 
 def in_main_interpreter() -> bool:
-    """False in a subinterpreter (3.12+): it runs the start-up hook too, and reports."""
+    # False in a subinterpreter (3.12+): it runs the start-up hook too, and reports.
     import _thread
 
     check = getattr(_thread, "_is_main_interpreter", None)
@@ -489,10 +483,9 @@ def in_main_interpreter() -> bool:
 
 
 def datagrams(lines: "list[str]", max_size: int = MAX_DATAGRAM) -> "list[bytes]":
-    """Join lines into payloads exactly as ``statsd``'s UDP pipeline does.
-
-    A line starts a new datagram when ``len(data) + 1 + len(line) >= max_size``.
-    """
+    # Join lines into payloads exactly as ``statsd``'s UDP pipeline does.
+    #
+    # A line starts a new datagram when ``len(data) + 1 + len(line) >= max_size``.
     if not lines:
         return []
     payloads = []
@@ -508,11 +501,10 @@ def datagrams(lines: "list[str]", max_size: int = MAX_DATAGRAM) -> "list[bytes]"
 
 
 def literal_address(host: str, port: int) -> "Address | None":
-    """The address of an IP literal or ``localhost``; None when a lookup is needed.
-
-    ``localhost`` means 127.0.0.1, as the ``statsd`` client (IPv4 by default)
-    and popularity-contest resolved it; skipping the resolver saves ~2 ms.
-    """
+    # The address of an IP literal or ``localhost``; None when a lookup is needed.
+    #
+    # ``localhost`` means 127.0.0.1, as the ``statsd`` client (IPv4 by default)
+    # and popularity-contest resolved it; skipping the resolver saves ~2 ms.
     import _socket
 
     if host == "localhost":
@@ -527,7 +519,7 @@ def literal_address(host: str, port: int) -> "Address | None":
 
 
 def send_udp(address: "Address", payloads: "list[bytes]") -> int:
-    """Send each payload; returns how many the kernel accepted.  Never blocks."""
+    # Send each payload; returns how many the kernel accepted.  Never blocks.
     import _socket
 
     family, sockaddr = address
@@ -547,12 +539,11 @@ def send_udp(address: "Address", payloads: "list[bytes]") -> int:
 
 
 def send_tcp(address: "Address", lines: "list[str]", timeout: float) -> None:
-    """All lines over one TCP connection, with the ``statsd`` package's TCP client.
-
-    The TCP transport costs the import of ``statsd`` (~15 ms) at exit: the
-    price of a connection-oriented transport, chosen by the admin.  Raises
-    OSError when the server cannot be reached within ``timeout``.
-    """
+    # All lines over one TCP connection, with the ``statsd`` package's TCP client.
+    #
+    # The TCP transport costs the import of ``statsd`` (~15 ms) at exit: the
+    # price of a connection-oriented transport, chosen by the admin.  Raises
+    # OSError when the server cannot be reached within ``timeout``.
     import _socket
 
     from statsd import TCPStatsClient
@@ -579,7 +570,7 @@ NETWORK_BUDGET = 0.15  # the host process may exit at most 0.25 s late
 
 
 def report(session: "Session", names: "set[str]") -> str:
-    """Attribute and send; returns the one-line summary shown in debug mode."""
+    # Attribute and send; returns the one-line summary shown in debug mode.
     try:
         config = config_from_environ()
     except ConfigError as exc:
@@ -634,7 +625,7 @@ def _format_address(address: "Address") -> str:
 
 
 def at_exit(session: "Session", names: "set[str]") -> None:
-    """Report, print the debug line if asked, and keep an unhandled Ctrl-C's exit."""
+    # Report, print the debug line if asked, and keep an unhandled Ctrl-C's exit.
     try:
         summary = report(session, names)
     except BaseException as exc:  # never let the host process see it
@@ -648,13 +639,12 @@ def at_exit(session: "Session", names: "set[str]") -> None:
 
 
 def _keep_sigint_exit(session: "Session") -> None:
-    """A process ended by an unhandled Ctrl-C must still die by SIGINT (status 130).
-
-    CPython remembers the unhandled KeyboardInterrupt in a flag that any exec()
-    of a string clears, and building the index runs one (namedtuple() inside
-    importlib-metadata).  Raising it again through exec() sets the flag again.
-    Not in the REPL or a kernel, where sys.last_value may be an earlier input's.
-    """
+    # A process ended by an unhandled Ctrl-C must still die by SIGINT (status 130).
+    #
+    # CPython remembers the unhandled KeyboardInterrupt in a flag that any exec()
+    # of a string clears, and building the index runs one (namedtuple() inside
+    # importlib-metadata).  Raising it again through exec() sets the flag again.
+    # Not in the REPL or a kernel, where sys.last_value may be an earlier input's.
     try:
         last = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
         interactive = hasattr(sys, "ps1") or session.host_modules
@@ -665,7 +655,7 @@ def _keep_sigint_exit(session: "Session") -> None:
 
 
 def after_fork_in_child(session: "Session", report_hook: "Callable[[], None]") -> None:
-    """A lookup still running in the parent is gone; multiprocessing children need a hook."""
+    # A lookup still running in the parent is gone; multiprocessing children need a hook.
     resolution = session.resolution
     if resolution is not None:
         session.resolution = resolution.for_child()  # type: ignore[attr-defined]
@@ -677,7 +667,7 @@ def after_fork_in_child(session: "Session", report_hook: "Callable[[], None]") -
 
 
 def _report_from_multiprocessing_exit(callback: object) -> None:
-    """Runs in a multiprocessing child after its finalizer registry was reset."""
+    # Runs in a multiprocessing child after its finalizer registry was reset.
     mp_util = sys.modules.get("multiprocessing.util")
     if mp_util is not None:
         mp_util.Finalize(None, callback, exitpriority=-1000)
