@@ -159,6 +159,8 @@ def meta():  # at the end: inserting at the front would make the program's own i
     finder = Nothing()
     while True:
         sys.meta_path.append(finder); sys.meta_path.remove(finder)
+for name in MODULES:  # all used for sure, however slowly the threads below get going
+    importlib.import_module(name)
 for name in MODULES:
     threading.Thread(target=churn, args=(name,), daemon=True).start()
 for _ in range(4):
