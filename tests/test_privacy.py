@@ -107,11 +107,3 @@ def test_ranks_report_without_the_opt_in(env: Env, sink: UdpSink, home: Path) ->
     proc = env.run("-c", "import six", env=enabled(sink, home, SLURM_PROCID="5"))
     assert proc.returncode == 0
     assert libraries(sink.lines()) == {"six"}
-
-
-def test_names_normalize_like_pep503() -> None:
-    from popcon_site._build import normalize
-    from popcon_site._report import normalize_name
-
-    for name in ["ruamel.yaml", "Typing_Extensions", "a__b..c--d", "zope.interface", "X-_.Y"]:
-        assert normalize_name(name) == normalize(name)

@@ -11,7 +11,7 @@ import pytest
 import statsd
 
 from popcon_site import _index, _report
-from popcon_site._build import normalize, shortest_unique_prefixes
+from popcon_site._build import shortest_unique_prefixes
 
 
 def test_defaults_match_the_earlier_readme() -> None:
@@ -80,7 +80,7 @@ def test_accepted_spellings() -> None:
     ],
 )
 def test_pep503_normalization(name: str, normalized: str) -> None:
-    assert normalize(name) == normalized
+    assert _report.normalize_name(name) == normalized
     assert _report.is_safe_name(normalized)
 
 

@@ -186,6 +186,9 @@ def _after_fork_in_child() -> None:
         session.forget_inherited()
         session.watcher.__class__ = _SteadyWatcher
         session.pid = os.getpid()
+        # Most forks need nothing more; importing the exit module would cost each one.
+        if session.resolution is None and "multiprocessing.util" not in sys.modules:
+            return
         try:
             from popcon_site import _report
 

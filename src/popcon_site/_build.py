@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import csv
 import os
-import re
 from collections import defaultdict
 
 from popcon_site._index import SiteIndex, stamp_of
-from popcon_site._report import is_safe_name
+from popcon_site._report import is_safe_name, normalize_name
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -21,16 +20,10 @@ if TYPE_CHECKING:
 
     Distribution = Any  # importlib-metadata's Distribution or its IDistribution protocol
 
-_SEPARATORS = re.compile(r"[-_.]+")
 _METADATA_DIR_SUFFIXES = (".dist-info", ".egg-info", ".data")
 _MODULE_SUFFIXES = (".py", ".pyc", ".so", ".pyd", ".pyw")
 
 Parts = tuple[str, ...]
-
-
-def normalize(name: str) -> str:
-    """PEP 503: lower case, runs of ``-``, ``_`` and ``.`` become one ``-``."""
-    return _SEPARATORS.sub("-", name).lower()
 
 
 def build(site_dir: str) -> SiteIndex:
@@ -46,7 +39,7 @@ def build(site_dir: str) -> SiteIndex:
     for dist in distributions(path=[site_dir]):
         total += 1
         try:
-            name = normalize(_name(dist))
+            name = normalize_name(_name(dist))
             if not is_safe_name(name):
                 continue
             installed = _installed_paths(dist)

@@ -591,8 +591,6 @@ def _record_evidence(
     """The RECORD line that credits the file, and the index entry that made the decision."""
     from importlib_metadata import distributions
 
-    from popcon_site._build import normalize
-
     index = attributor.index(site_dir)
     key = None
     if index is not None:
@@ -604,7 +602,7 @@ def _record_evidence(
     entry = f"index entry {key!r} -> {owner}" if key else f"index -> {owner}"
     for dist in distributions(path=[site_dir]):
         try:
-            if normalize(dist.metadata["Name"] or "") != owner:
+            if _report.normalize_name(dist.metadata["Name"] or "") != owner:
                 continue
             label = f"{dist.metadata['Name']} {dist.version}"
             files = dist.files

@@ -12,6 +12,8 @@ import os
 import sys
 import time
 
+from popcon_site import TRUE_WORDS  # loaded already: the hook imported it
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
@@ -46,7 +48,6 @@ DEFAULT_PORT = 8125
 DEFAULT_PREFIX = "python_popcon.library_used"
 DEFAULT_PROTOCOL = "udp"
 
-TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("", "0", "false", "no", "off")
 
 _PREFIX_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
