@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import statsd
 
-from popcon_site import _index, _report
+from popcon_site import _index, _report, _select
 from popcon_site._build import shortest_unique_prefixes
 
 
@@ -80,7 +80,7 @@ def test_accepted_spellings() -> None:
     ],
 )
 def test_pep503_normalization(name: str, normalized: str) -> None:
-    assert _report.normalize_name(name) == normalized
+    assert _select.normalize_name(name) == normalized
     assert _report.is_safe_name(normalized)
 
 

@@ -29,7 +29,7 @@ from reliability_support import (  # noqa: E402
 )
 
 from conftest import AS_NOBODY, Env, UdpSink, base_environ, enabled, make_env  # noqa: E402
-from popcon_site import _index, _report  # noqa: E402
+from popcon_site import _index, _report, _select  # noqa: E402
 
 VARIABLES = [
     "PYTHON_POPCONTEST_ENABLE",
@@ -43,7 +43,7 @@ VARIABLES = [
     "PYTHON_POPCONTEST_EXCLUDE",
     "PYTHON_POPCONTEST_RANK0_ONLY",
 ]
-RANKS = list(_report.RANK_VARIABLES)
+RANKS = list(_select.RANK_VARIABLES)
 
 # Values as a process sees them: any text, undecodable bytes (surrogateescape), huge ones,
 # and the near-valid spellings that reach the deeper code paths.
@@ -123,13 +123,13 @@ def test_every_variable_gives_a_config_or_reporting_off(
 )
 def test_rank_variables_never_raise(ranks: dict[str, str], figures: Counter[str]) -> None:
     figures["inputs fuzzed"] += 1
-    found = _report.rank(ranks)
+    found = _select.rank(ranks)
     assert found is None or found >= 0
 
 
 @pytest.mark.fault
 def test_huge_rank_value() -> None:
-    assert _report.rank({"SLURM_PROCID": "1" * 5000}) is None  # garbage: no rank, reports
+    assert _select.rank({"SLURM_PROCID": "1" * 5000}) is None  # garbage: no rank, reports
 
 
 # -- real processes, every variable fuzzed, in a network namespace -----------------------------

@@ -12,7 +12,8 @@ import os
 from collections import defaultdict
 
 from popcon_site._index import SiteIndex, stamp_of
-from popcon_site._report import is_safe_name, normalize_name
+from popcon_site._report import is_safe_name
+from popcon_site._select import normalize_name
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -29,7 +29,7 @@ from collections import Counter
 from typing import Any, Callable, NoReturn
 
 import popcon_site
-from popcon_site import __version__, _index, _report
+from popcon_site import __version__, _attribute, _index, _report, _select
 
 EXIT_OK, EXIT_EMPTY, EXIT_ERROR = 0, 1, 2
 LIBRARY_METRIC = "python_popcon_library_used"
@@ -212,7 +212,7 @@ def _user_site() -> str | None:
 def _environment_site_dirs() -> list[str]:
     """This environment's site directories (and the base's when visible), not the user's."""
     user = _user_site()
-    return [d for d in _report.site_dirs() if d != user]
+    return [d for d in _attribute.site_dirs() if d != user]
 
 
 # -- status -------------------------------------------------------------------
@@ -221,7 +221,7 @@ IPYTHON_STARTUP = os.path.join("etc", "ipython", "startup", "00-popcon-site.py")
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    site_dirs = _report.site_dirs()
+    site_dirs = _attribute.site_dirs()
     user_site = _user_site()
     hooks = []
     for directory in site_dirs:
@@ -429,7 +429,7 @@ BASELINE_NOTE = (
 
 
 def cmd_which(args: argparse.Namespace) -> int:
-    attributor = _report.Attributor.for_this_process()
+    attributor = _attribute.Attributor.for_this_process()
     try:
         config: _report.Config | None = _report.config_from_environ()
     except _report.ConfigError:
@@ -498,7 +498,7 @@ def _find_spec(name: str) -> Any:
 
 
 def _which_one(
-    name: str, attributor: _report.Attributor, config: _report.Config | None
+    name: str, attributor: _attribute.Attributor, config: _report.Config | None
 ) -> dict[str, object]:
     spec = _find_spec(name)
     row: dict[str, object] = {
@@ -531,10 +531,10 @@ def _which_one(
     owner, decided = attributor.owner_in_site_dir(origin)
     editable = False
     if owner is None and not decided:
-        owner = _report.owner_by_root(origin, attributor.editable_roots())
+        owner = _attribute.owner_by_root(origin, attributor.editable_roots())
         editable = owner is not None
     site_dir = attributor.site_dir_of(origin)
-    if owner == _report.OWN_DISTRIBUTION:
+    if owner == _attribute.OWN_DISTRIBUTION:
         row["reason"] = "popcon-site itself: never counted"
         return row
     if owner is None:
@@ -572,7 +572,7 @@ def _which_one(
     return row
 
 
-def _namespace_owners(locations: list[str], attributor: _report.Attributor) -> set[str]:
+def _namespace_owners(locations: list[str], attributor: _attribute.Attributor) -> set[str]:
     owners = set()
     for location in locations:
         site_dir = attributor.site_dir_of(location)
@@ -581,12 +581,12 @@ def _namespace_owners(locations: list[str], attributor: _report.Attributor) -> s
             continue
         key = os.path.relpath(location, site_dir).replace(os.sep, "/") + "/"
         owners |= {owner for path, owner in index.owners.items() if path.startswith(key)}
-    owners.discard(_report.OWN_DISTRIBUTION)
+    owners.discard(_attribute.OWN_DISTRIBUTION)
     return owners
 
 
 def _record_evidence(
-    site_dir: str, relative: str, owner: str, attributor: _report.Attributor
+    site_dir: str, relative: str, owner: str, attributor: _attribute.Attributor
 ) -> str:
     """The RECORD line that credits the file, and the index entry that made the decision."""
     from importlib_metadata import distributions
@@ -602,7 +602,7 @@ def _record_evidence(
     entry = f"index entry {key!r} -> {owner}" if key else f"index -> {owner}"
     for dist in distributions(path=[site_dir]):
         try:
-            if _report.normalize_name(dist.metadata["Name"] or "") != owner:
+            if _select.normalize_name(dist.metadata["Name"] or "") != owner:
                 continue
             label = f"{dist.metadata['Name']} {dist.version}"
             files = dist.files
@@ -807,7 +807,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         if cache is None:
             raise CommandError("no usable cache directory (set PYTHON_POPCONTEST_CACHE_DIR)")
         target = cache
-        site_dirs = _report.site_dirs()
+        site_dirs = _attribute.site_dirs()
     results: list[dict[str, object]] = []
     for site_dir in site_dirs:
         started = time.perf_counter()
@@ -885,7 +885,7 @@ class _Query:
         expr = f"sum by (library) (increase({LIBRARY_METRIC}{self.matchers()}[{self.window}]))"
         result: dict[str, float] = {}
         for sample in self.vector(expr):
-            name = _report.normalize_name(str(sample["metric"].get("library", "")))
+            name = _select.normalize_name(str(sample["metric"].get("library", "")))
             if name:
                 result[name] = result.get(name, 0.0) + _value(sample)
         return result
@@ -1062,7 +1062,7 @@ def required_name(requirement: str) -> str | None:
     _, _, marker = requirement.partition(";")
     if _EXTRA_MARKER.search(marker) and not _OR_MARKER.search(marker):
         return None
-    return _report.normalize_name(match.group(1))
+    return _select.normalize_name(match.group(1))
 
 
 def installed_distributions(site_dirs: list[str]) -> dict[str, _Installed]:
@@ -1074,7 +1074,7 @@ def installed_distributions(site_dirs: list[str]) -> dict[str, _Installed]:
         for dist in distributions(path=[site_dir]):
             try:
                 display = dist.metadata["Name"] or ""
-                name = _report.normalize_name(display)
+                name = _select.normalize_name(display)
                 if not name or name in found:
                     continue
                 item = _Installed(name, display, dist.version or "", site_dir)
@@ -1136,7 +1136,7 @@ def cmd_unused(args: argparse.Namespace) -> int:
     unused = [
         item
         for name, item in installed.items()
-        if used.get(name, 0.0) <= 0 and name != _report.OWN_DISTRIBUTION
+        if used.get(name, 0.0) <= 0 and name != _attribute.OWN_DISTRIBUTION
     ]
     unused.sort(key=lambda item: (-(item.size or 0), item.name))
     rows = []

@@ -1,25 +1,25 @@
-# Exit half of popcon-site: read the configuration, attribute imports, send counters.
+# Exit half of popcon-site: read the configuration, find the files of the imported
+# modules, send counters.
 #
 # Imported once per process, at exit, after the imported names were
 # snapshotted, so its own imports (``_socket``, and ``importlib_metadata`` or
-# ``statsd`` when it needs them) are never counted.  Configuration, attribution
-# and the wire format share this one module because each extra module import
-# costs every reporting process ~0.2 ms; the index file (``_index``) and its
-# builder (``_build``) load only when a process imported something installed.
+# ``statsd`` when it needs them) are never counted.  This module holds only what
+# every report needs; a process that imported nothing from outside the standard
+# library loads nothing else.  Attribution (``_attribute``, ``_index``), the admin's
+# selections (``_select``) and TCP (``_tcp``) load only when needed: each module
+# import costs ~0.2 ms here, plus ~10 us per KB of bytecode.
 # No ``from __future__`` import: that alone would cost another module import.
 
 import os
 import sys
-import time
 
 from popcon_site import TRUE_WORDS  # loaded already: the hook imported it
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping
+    from collections.abc import Iterable, Mapping
 
     from popcon_site import Session
-    from popcon_site._index import SiteIndex
     from popcon_site._resolve import Address
 
 # -- configuration --------------------------------------------------------------
@@ -34,15 +34,6 @@ ENV_INCLUDE = "PYTHON_POPCONTEST_INCLUDE"
 ENV_EXCLUDE = "PYTHON_POPCONTEST_EXCLUDE"
 ENV_RANK0_ONLY = "PYTHON_POPCONTEST_RANK0_ONLY"
 
-# Set by Slurm, PMI/PMIx-based launchers, Open MPI and MVAPICH for every rank.
-RANK_VARIABLES = (
-    "SLURM_PROCID",
-    "PMI_RANK",
-    "PMIX_RANK",
-    "OMPI_COMM_WORLD_RANK",
-    "MV2_COMM_WORLD_RANK",
-)
-
 DEFAULT_HOST = "localhost"
 DEFAULT_PORT = 8125
 DEFAULT_PREFIX = "python_popcon.library_used"
@@ -51,7 +42,6 @@ DEFAULT_PROTOCOL = "udp"
 FALSE_WORDS = ("", "0", "false", "no", "off")
 
 _PREFIX_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
-_PATTERN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-*?[]!")
 _MAX_PREFIX = 200
 _MAX_HOST = 253
 
@@ -99,6 +89,8 @@ class Config:
 
     def allows(self, name: str) -> bool:
         # INCLUDE (when set) must match and EXCLUDE must not.
+        from popcon_site._select import matches_any
+
         if self.include and not matches_any(name, self.include):
             return False
         return not matches_any(name, self.exclude)
@@ -175,45 +167,16 @@ def parse_flag(name: str, raw: str) -> bool:
 
 
 def parse_patterns(name: str, raw: str) -> "tuple[str, ...]":
-    # Comma-separated distribution names (normalized here) or fnmatch patterns.
-    patterns = []
-    for item in raw.split(","):
-        pattern = normalize_name(item.strip())
-        if not pattern:
-            continue
-        if not set(pattern) <= _PATTERN_CHARS or len(pattern) > MAX_NAME:
-            raise ConfigError(f"{name}: {_shorten(item)} is not a distribution name or pattern")
-        patterns.append(pattern)
-    return tuple(patterns)
+    # Comma-separated distribution names or fnmatch patterns (see _select).
+    if not raw.strip():
+        return ()
+    from popcon_site import _select
 
-
-def normalize_name(name: str) -> str:
-    # PEP 503 normalization without ``re`` (not loaded in most processes at exit).
-    text = name.lower().replace("_", "-").replace(".", "-")
-    while "--" in text:
-        text = text.replace("--", "-")
-    return text
-
-
-def matches_any(name: str, patterns: "tuple[str, ...]") -> bool:
-    for pattern in patterns:
-        if pattern == name:
-            return True
-        if any(c in pattern for c in "*?["):
-            from fnmatch import fnmatchcase  # only for admins who use wildcards
-
-            if fnmatchcase(name, pattern):
-                return True
-    return False
-
-
-def rank(environ: "Mapping[str, str]") -> "int | None":
-    # This process's MPI/Slurm rank, from the launcher's variables; None outside a job.
-    for variable in RANK_VARIABLES:
-        value = environ.get(variable, "").strip()
-        if value.isascii() and value.isdigit() and len(value) <= 18:  # int() refuses > 4300 digits
-            return int(value)
-    return None
+    try:
+        return _select.parse_patterns(raw)
+    except ValueError as exc:
+        item = _shorten(str(exc.args[0]))
+        raise ConfigError(f"{name}: {item} is not a distribution name or pattern") from None
 
 
 def config_from_environ(environ: "Mapping[str, str] | None" = None) -> Config:
@@ -241,9 +204,7 @@ def _shorten(raw: str, limit: int = 40) -> str:
     return ascii(raw if len(raw) <= limit else raw[:limit] + "...")
 
 
-# -- attribution ----------------------------------------------------------------
-
-OWN_DISTRIBUTION = "popcon-site"
+# -- which imported modules came from files -------------------------------------
 
 
 def module_file(module: object) -> "str | None":
@@ -258,32 +219,7 @@ def module_file(module: object) -> "str | None":
     return path if isinstance(path, str) and os.path.isabs(path) else None
 
 
-def locate_unloaded(name: str) -> "str | None":
-    # Where a module that left ``sys.modules`` would be loaded from (path-based finders).
-    finder = getattr(sys.modules.get("_frozen_importlib_external"), "PathFinder", None)
-    if finder is None:
-        return None
-    search_path = None
-    parts = name.split(".")
-    for depth in range(1, len(parts) + 1):
-        try:
-            spec = finder.find_spec(".".join(parts[:depth]), search_path)
-        except Exception:
-            return None
-        if spec is None:
-            return None
-        is_last = depth == len(parts) or not spec.submodule_search_locations
-        if spec.has_location and isinstance(spec.origin, str) and is_last:
-            return str(spec.origin)
-        search_path = spec.submodule_search_locations
-        if search_path is None:
-            return None
-    return None
-
-
-def module_files(
-    names: "Iterable[str]", site_dirs: "list[str]", seen: "Iterable[str]" = ()
-) -> "set[str]":
+def module_files(names: "Iterable[str]", seen: "Iterable[str]" = ()) -> "set[str]":
     # The files of these modules; blocked (None) entries and the stdlib have none.
     #
     # ``seen``: names the watcher saw looked up.  An entry the program replaced after
@@ -291,6 +227,7 @@ def module_files(
     modules = sys.modules
     looked_up = set(seen)
     stdlib_names: frozenset[str] = getattr(sys, "stdlib_module_names", frozenset())
+    listings: list[object] | None = None
     files = set()
     for name in names:
         top = name.partition(".")[0]
@@ -299,149 +236,64 @@ def module_files(
         module = modules.get(name)
         if module is not None:
             path = module_file(module)
-            replaced = path is None and not isinstance(module, type(sys)) and name in looked_up
-            if replaced and _listed_in(top, site_dirs):
-                path = locate_unloaded(name)  # imported, then replaced by another object
+            if path is None and not isinstance(module, type(sys)) and name in looked_up:
+                listings = listings if listings is not None else _path_listings()
+                if _listed_in(top, listings):
+                    path = _locate(name)  # imported, then replaced by another object
         elif name in modules and name not in looked_up:
             continue  # set to None before any import: blocked, never loaded
-        elif _listed_in(top, site_dirs):
-            path = locate_unloaded(name)  # imported, then deleted (or set to None)
         else:
-            continue  # a failed import (an optional dependency probed), or not attributable
+            listings = listings if listings is not None else _path_listings()
+            if _listed_in(top, listings):
+                path = _locate(name)  # imported, then deleted (or set to None)
+            else:
+                continue  # a failed import (an optional dependency probed)
         if path is not None:
             files.add(path)
     return files
 
 
-def _listed_in(top: str, site_dirs: "list[str]") -> bool:
-    # Could ``top`` live in a site directory?  Asks the import system's cached listings.
+def _locate(name: str) -> "str | None":
+    from popcon_site._attribute import locate_unloaded
+
+    return locate_unloaded(name)
+
+
+def _path_listings() -> "list[object]":
+    # What the import system last listed of each sys.path directory; None where it
+    # cannot tell (never searched, or not a plain directory).  Nonexistent entries,
+    # which the import system caches as None, are left out: nothing comes from them.
+    cache = sys.path_importer_cache
+    listings: list[object] = []
+    for entry in sys.path:
+        if entry == "":
+            try:
+                entry = os.getcwd()
+            except OSError:
+                listings.append(None)
+                continue
+        if not isinstance(entry, str) or entry not in cache:
+            listings.append(None)  # never searched
+        elif cache[entry] is not None:
+            listings.append(getattr(cache[entry], "_path_cache", None))
+    return listings
+
+
+def _listed_in(top: str, listings: "list[object]") -> bool:
+    # Could ``top`` be loaded from a directory on sys.path?
     #
     # Most names seen but no longer loaded are failed imports; looking each one up
     # again would cost a burst of stat calls.  A few set lookups per name instead,
-    # whatever the size of the directory.
+    # whatever the size of the directories.
     import _imp
 
     candidates = [top, top + ".py", top + ".pyc", *(top + s for s in _imp.extension_suffixes())]
-    cache = sys.path_importer_cache
-    for directory in site_dirs:
-        entries = getattr(cache.get(directory), "_path_cache", None)
-        if entries is None:
+    for entries in listings:
+        if not isinstance(entries, (set, frozenset)):
             return True  # no listing to ask: look it up properly
         if any(candidate in entries for candidate in candidates):
             return True
     return False
-
-
-def site_dirs() -> "list[str]":
-    # The site directories of this interpreter (environment, base when visible, user site).
-    #
-    # Also any ``site-packages`` / ``dist-packages`` directory on ``sys.path``:
-    # with ``-S`` or in an embedded interpreter the program adds them itself.
-    dirs = [
-        entry
-        for entry in sys.path
-        if isinstance(entry, str) and os.path.basename(entry) in ("site-packages", "dist-packages")
-    ]
-    try:
-        import site
-
-        dirs += site.getsitepackages()
-        if site.ENABLE_USER_SITE and not sys.flags.no_user_site:
-            dirs.append(site.getusersitepackages())
-    except Exception:
-        pass
-    unique: list[str] = []
-    for directory in dirs:
-        directory = os.path.normpath(directory)
-        if directory not in unique and os.path.isdir(directory):
-            unique.append(directory)
-    return unique
-
-
-def stdlib_dir() -> "str | None":
-    directory = getattr(sys, "_stdlib_dir", None)
-    if not directory:
-        os_file = getattr(os, "__file__", None)
-        directory = os.path.dirname(os_file) if os_file else None
-    return directory
-
-
-class Attributor:
-    # Maps module files to distribution names, loading each site index at most once.
-
-    def __init__(self, site_dirs: "list[str]", stdlib: "str | None") -> None:
-        # Longest first, so that a site directory nested in another one wins.
-        self.site_dirs = sorted(site_dirs, key=len, reverse=True)
-        self.stdlib = stdlib
-        self.indexes: dict[str, SiteIndex | None] = {}
-        self.built: list[str] = []
-
-    @classmethod
-    def for_this_process(cls) -> "Attributor":
-        return cls(site_dirs(), stdlib_dir())
-
-    def distributions(self, files: "Iterable[str]") -> "set[str]":
-        found: set[str] = set()
-        outside: list[str] = []
-        for path in files:
-            owner, decided = self.owner_in_site_dir(path)
-            if owner is not None:
-                found.add(owner)
-            elif not decided:
-                outside.append(path)
-        if outside:
-            roots = self.editable_roots()
-            for path in outside:
-                owner = owner_by_root(path, roots)
-                if owner is not None:
-                    found.add(owner)
-        found.discard(OWN_DISTRIBUTION)
-        return found
-
-    def site_dir_of(self, path: str) -> "str | None":
-        for site_dir in self.site_dirs:
-            if path.startswith(site_dir) and path[len(site_dir) : len(site_dir) + 1] == os.sep:
-                return site_dir
-        return None
-
-    def in_stdlib(self, path: str) -> bool:
-        return bool(self.stdlib) and path.startswith(f"{self.stdlib}{os.sep}")
-
-    def owner_in_site_dir(self, path: str) -> "tuple[str | None, bool]":
-        # (owner, decided): decided is False when only editable roots can tell.
-        site_dir = self.site_dir_of(path)
-        if site_dir is not None:
-            index = self.index(site_dir)
-            if index is None:
-                return None, True
-            return index.owner_of(path[len(site_dir) + 1 :].split(os.sep)), True
-        return None, self.in_stdlib(path)
-
-    def editable_roots(self) -> "list[tuple[str, str]]":
-        roots: dict[str, str] = {}
-        for site_dir in self.site_dirs:
-            index = self.index(site_dir)
-            if index is not None:
-                for root, owner in index.roots.items():
-                    roots.setdefault(root, owner)
-        return sorted(roots.items(), key=lambda item: len(item[0]), reverse=True)
-
-    def index(self, site_dir: str) -> "SiteIndex | None":
-        if site_dir not in self.indexes:
-            from popcon_site import _index
-
-            found, built = _index.fresh_index(site_dir)
-            if built:
-                self.built.append(site_dir)
-            self.indexes[site_dir] = found
-        return self.indexes[site_dir]
-
-
-def owner_by_root(path: str, roots: "list[tuple[str, str]]") -> "str | None":
-    for root, owner in roots:
-        if path.startswith(root) and path[len(root) : len(root) + 1] == os.sep:
-            return owner
-    return None
 
 
 # -- the wire -------------------------------------------------------------------
@@ -539,31 +391,6 @@ def send_udp(address: "Address", payloads: "list[bytes]") -> int:
     return sent
 
 
-def send_tcp(address: "Address", lines: "list[str]", timeout: float) -> None:
-    # All lines over one TCP connection, with the ``statsd`` package's TCP client.
-    #
-    # The TCP transport costs the import of ``statsd`` (~15 ms) at exit: the
-    # price of a connection-oriented transport, chosen by the admin.  Raises
-    # OSError when the server cannot be reached within ``timeout``.
-    import _socket
-
-    from statsd import TCPStatsClient
-
-    family, sockaddr = address
-    client = TCPStatsClient(
-        host=str(sockaddr[0]),
-        port=int(str(sockaddr[1])),
-        timeout=max(timeout, 0.001),
-        ipv6=family == _socket.AF_INET6,
-    )
-    try:
-        with client.pipeline() as pipe:
-            for line in lines:
-                pipe.incr(line.rpartition(":")[0])
-    finally:
-        client.close()
-
-
 # -- the report -------------------------------------------------------------------
 
 # Longest the report may wait on the network (resolver, TCP connect and send).
@@ -577,14 +404,12 @@ def report(session: "Session", names: "set[str]") -> str:
     except ConfigError as exc:
         return f"not reporting: {exc}"
     if config.rank0_only:
+        from popcon_site._select import rank
+
         job_rank = rank(os.environ)
         if job_rank:
             return f"not reporting: rank {job_rank} of a job ({ENV_RANK0_ONLY}: rank 0 reports)"
-    attributor = Attributor.for_this_process()
-    used = attributor.distributions(module_files(names, attributor.site_dirs, session.watcher.seen))
-    if session.host_modules:  # an IPython kernel: its own distributions never count
-        host = module_files(session.host_modules, attributor.site_dirs)
-        used -= attributor.distributions(host)
+    used = distributions(module_files(names, session.watcher.seen), session.host_modules)
     if config.include or config.exclude:
         used = {name for name in used if config.allows(name)}
     # A subinterpreter sends what it imported; the process is counted once, by the main one.
@@ -593,9 +418,12 @@ def report(session: "Session", names: "set[str]") -> str:
         return "nothing imported in this subinterpreter"
     summary = ", ".join(sorted(used)) or "no distributions"
 
-    started = time.monotonic()
+    deadline = None
     address = literal_address(config.host, config.port)
     if address is None and session.resolution is not None:
+        import time
+
+        deadline = time.monotonic() + NETWORK_BUDGET
         found = session.resolution.wait(NETWORK_BUDGET)  # type: ignore[attr-defined]
         if found is not None:
             family, sockaddr = found
@@ -604,7 +432,11 @@ def report(session: "Session", names: "set[str]") -> str:
         return f"not sent ({summary}): cannot resolve {config.host!r}"
     target = f"{_format_address(address)} over {config.protocol}"
     if config.protocol == "tcp":
-        remaining = NETWORK_BUDGET - (time.monotonic() - started)
+        import time
+
+        from popcon_site._tcp import send_tcp
+
+        remaining = NETWORK_BUDGET if deadline is None else deadline - time.monotonic()
         try:
             send_tcp(address, lines, remaining)
         except Exception as exc:
@@ -615,6 +447,19 @@ def report(session: "Session", names: "set[str]") -> str:
     if sent != len(payloads):
         return f"sent {sent} of {len(payloads)} datagrams ({summary} + reports) to {target}"
     return f"sent {summary} + reports to {target} in {sent} datagram(s)"
+
+
+def distributions(files: "set[str]", host_modules: "frozenset[str]") -> "set[str]":
+    # The distributions owning these files, less an IPython kernel's own (host_modules).
+    if not files:
+        return set()  # only the standard library: the attribution code never loads
+    from popcon_site._attribute import Attributor
+
+    attributor = Attributor.for_this_process()
+    used = attributor.distributions(files)
+    if host_modules:
+        used -= attributor.distributions(module_files(host_modules))
+    return used
 
 
 def _format_address(address: "Address") -> str:
@@ -653,22 +498,3 @@ def _keep_sigint_exit(session: "Session") -> None:
             exec("raise KeyboardInterrupt")
     except BaseException:  # the KeyboardInterrupt raised on purpose, or anything else
         pass
-
-
-def after_fork_in_child(session: "Session", report_hook: "Callable[[], None]") -> None:
-    # A lookup still running in the parent is gone; multiprocessing children need a hook.
-    resolution = session.resolution
-    if resolution is not None:
-        session.resolution = resolution.for_child()  # type: ignore[attr-defined]
-    # multiprocessing's fork and forkserver children end with os._exit(), which
-    # skips atexit; they do run multiprocessing's own exit finalizers.
-    mp_util = sys.modules.get("multiprocessing.util")
-    if mp_util is not None:
-        mp_util.register_after_fork(report_hook, _report_from_multiprocessing_exit)
-
-
-def _report_from_multiprocessing_exit(callback: object) -> None:
-    # Runs in a multiprocessing child after its finalizer registry was reset.
-    mp_util = sys.modules.get("multiprocessing.util")
-    if mp_util is not None:
-        mp_util.Finalize(None, callback, exitpriority=-1000)

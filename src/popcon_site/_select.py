@@ -1,0 +1,64 @@
+# Which distributions and which processes an admin chose to report.
+#
+# PYTHON_POPCONTEST_INCLUDE / _EXCLUDE (names or fnmatch patterns) and
+# PYTHON_POPCONTEST_RANK0_ONLY.  Imported at exit only when one of them is set,
+# and by the index builder and the CLI for the name normalization.
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+# Set by Slurm, PMI/PMIx-based launchers, Open MPI and MVAPICH for every rank.
+RANK_VARIABLES = (
+    "SLURM_PROCID",
+    "PMI_RANK",
+    "PMIX_RANK",
+    "OMPI_COMM_WORLD_RANK",
+    "MV2_COMM_WORLD_RANK",
+)
+
+MAX_PATTERN = 200  # as long as the longest name that can be sent
+_PATTERN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-*?[]!")
+
+
+def normalize_name(name: str) -> str:
+    # PEP 503 normalization without ``re`` (not loaded in most processes at exit).
+    text = name.lower().replace("_", "-").replace(".", "-")
+    while "--" in text:
+        text = text.replace("--", "-")
+    return text
+
+
+def parse_patterns(raw: str) -> "tuple[str, ...]":
+    # Comma-separated distribution names (normalized here) or fnmatch patterns.
+    # Raises ValueError with the offending item when one is neither.
+    patterns = []
+    for item in raw.split(","):
+        pattern = normalize_name(item.strip())
+        if not pattern:
+            continue
+        if not set(pattern) <= _PATTERN_CHARS or len(pattern) > MAX_PATTERN:
+            raise ValueError(item)
+        patterns.append(pattern)
+    return tuple(patterns)
+
+
+def matches_any(name: str, patterns: "tuple[str, ...]") -> bool:
+    for pattern in patterns:
+        if pattern == name:
+            return True
+        if any(c in pattern for c in "*?["):
+            from fnmatch import fnmatchcase  # only for admins who use wildcards
+
+            if fnmatchcase(name, pattern):
+                return True
+    return False
+
+
+def rank(environ: "Mapping[str, str]") -> "int | None":
+    # This process's MPI/Slurm rank, from the launcher's variables; None outside a job.
+    for variable in RANK_VARIABLES:
+        value = environ.get(variable, "").strip()
+        if value.isascii() and value.isdigit() and len(value) <= 18:  # int() refuses > 4300 digits
+            return int(value)
+    return None
