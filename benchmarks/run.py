@@ -56,6 +56,7 @@ class Plan:
     cold: int
     probe_runs: int
     callgrind: tuple[str, ...]
+    floor_rounds: int  # python -c pass with each kind of start-up hook, no popcon-site
 
 
 FULL = Plan(
@@ -66,6 +67,7 @@ FULL = Plan(
     cold=5,
     probe_runs=11,
     callgrind=("pass", "stdlib"),
+    floor_rounds=201,
 )
 QUICK = Plan(
     fast={"pass": 11, "stdlib": 11, "rich": 5, "imports": 7, "fork": 3, "spawn": 3},
@@ -75,6 +77,7 @@ QUICK = Plan(
     cold=2,
     probe_runs=3,
     callgrind=("pass",),
+    floor_rounds=41,
 )
 # Checks that every step runs; its numbers mean nothing.
 SMOKE = Plan(
@@ -85,6 +88,7 @@ SMOKE = Plan(
     cold=1,
     probe_runs=1,
     callgrind=("pass",),
+    floor_rounds=1,
 )
 
 
@@ -325,6 +329,7 @@ def main() -> int:
         log(f"{env_name:9} {workload:7} {fast:3} rounds in {time.monotonic() - t0:5.1f} s")
 
     results["probes"] = run_probes(plan, built, sink, probe_dir, scripts, results)
+    results["floors"] = wall_floors(plan, sink, scripts, rng)
     results["growth"] = growth(results)
     pass_ms = _block(results, "small", "pass")["variants"]["bare"]["raw"]["total_ms"]["median"]
     results["scale"] = {"pass_ms": pass_ms, "factor": pass_ms / 10.0}
@@ -496,6 +501,61 @@ def run_probes(
     return {"rows": rows, "callgrind": callgrind}
 
 
+# What any start-up hook costs before popcon-site does anything: each a venv with one .pth.
+FLOOR_HOOKS = {
+    "no .pth": None,
+    "a comment only": "# popcon-bench",
+    "import sys": "import sys",
+    "popcon_site.pth line, popcon-site absent": "shipped",
+    "a .pth importing an empty module": "import popcon_bench_empty",
+}
+
+
+def wall_floors(plan: Plan, sink: UdpSink, scripts: Path, rng: random.Random) -> Json:
+    """Whole-process wall clock of `python -c pass` per kind of hook, side by side.
+
+    The floors under the off and start-up targets: a .pth file that does nothing,
+    the cheapest import line, the shipped line, and a line importing an empty module
+    (the least any hook that loads code at start-up can cost).
+    """
+    uv = envs.uv_binary()
+    shipped = (envs.ROOT / "popcon_site.pth").read_text().strip()
+    variants = []
+    for index, (name, line) in enumerate(FLOOR_HOOKS.items()):
+        root = WORK / "envs" / f"floor-hook-{index}"
+        shutil.rmtree(root, ignore_errors=True)
+        subprocess.run(
+            [uv, "venv", "--quiet", "--python", envs.base_python(), str(root)],
+            check=True,
+            env=envs.installer_environ(),
+        )
+        (site,) = (root / "lib").glob("python3*/site-packages")
+        if line is not None:
+            (site / "zz_popcon_bench.pth").write_text(
+                (shipped if line == "shipped" else line) + "\n"
+            )
+        if line == "import popcon_bench_empty":
+            (site / "popcon_bench_empty.py").write_text("")
+            python = str(root / "bin" / "python")
+            subprocess.run(
+                [python, "-m", "compileall", "-q", str(site / "popcon_bench_empty.py")],
+                check=True,
+                env=envs.installer_environ(),
+            )
+        env = {k: v for k, v in child_environ(sink, SPECS[0]).items() if "POPCONTEST" not in k}
+        variants.append(Variant(name, str(root / "bin" / "python"), env, plan.floor_rounds))
+    log(f"wall-clock floors: {plan.floor_rounds} rounds")
+    run_interleaved(variants, _argv("pass", scripts), WORK, sink, rng)
+    reference = variants[0]
+    out: Json = {}
+    for variant in variants[1:]:
+        out[variant.name] = {
+            "total_ratio": paired(variant, reference, FIELDS["total_ms"], ratio=True).as_dict(),
+            "start_added_ms": paired(variant, reference, FIELDS["start_ms"], ratio=False).as_dict(),
+        }
+    return out
+
+
 PTH_LINES = {
     "a comment only": "# popcon-bench",
     "import sys": "import sys",
@@ -637,8 +697,15 @@ def targets(results: Json) -> list[Json]:
     factor = results["scale"]["factor"]
 
     def add(
-        name: str, goal: str, value: float, limit: float, measured: str, scaled: bool = False
+        name: str,
+        goal: str,
+        value: float,
+        limit: float,
+        measured: str,
+        scaled: bool = False,
+        floor: float | None = None,
     ) -> None:
+        # floor: what the cheapest hook of that kind costs here, popcon-site absent.
         verdict = "met" if value <= limit else "MISSED"
         row = {
             "name": name,
@@ -651,28 +718,48 @@ def targets(results: Json) -> list[Json]:
             row["scaled"] = f"<= +{limit * factor:.2f} ms"
             if verdict == "MISSED" and value <= limit * factor:
                 row["verdict"] = "met when scaled"
+            limit *= factor
+        if row["verdict"] == "MISSED" and floor is not None and floor > limit:
+            row["verdict"] = "MISSED, floor above goal"
         out.append(row)
 
+    floors = results.get("floors", {})
+    sys_floor = floors.get("import sys", {}).get("total_ratio")
+    comment_floor = floors.get("a comment only", {}).get("total_ratio")
     off = vs("small", "pass", "off", "total_ratio")
     off_cpu = vs("small", "pass", "off", "cpu_ratio")
     cg = results["probes"].get("callgrind", {}).get("pass", {})
     instr = f"; instructions {cg['off'] / cg['bare']:.4f}" if "off" in cg and "bare" in cg else ""
+    floor_text = (
+        f"; floors: a comment-only .pth {comment_floor['median']:.3f}, `import sys` "
+        f"{sys_floor['median']:.3f}"
+        if sys_floor and comment_floor
+        else ""
+    )
     add(
         "off: python -c pass, total / bare",
         "<= 1.01",
         off["median"],
         1.01,
-        f"{output.spread(off, 3)} (CPU {off_cpu['median']:.3f}{instr})",
+        f"{output.spread(off, 3)} (CPU {off_cpu['median']:.3f}{instr}{floor_text})",
+        floor=sys_floor["median"] if sys_floor else None,
     )
     start = vs("small", "pass", "on", "start_added_ms")
     cpu = vs("small", "pass", "on", "cpu_added_ms")
+    empty = floors.get("a .pth importing an empty module", {}).get("start_added_ms")
     add(
         "on: start-up added (python -c pass)",
         "<= +0.3 ms",
         start["median"],
         0.3,
-        f"{output.spread(start, 2, True)} ms (whole-process CPU {cpu['median']:+.2f} ms)",
+        f"{output.spread(start, 2, True)} ms (whole-process CPU {cpu['median']:+.2f} ms"
+        + (
+            f"; floor, a .pth importing an empty module: {empty['median']:+.2f} ms)"
+            if empty
+            else ")"
+        ),
         scaled=True,
+        floor=empty["median"] if empty else None,
     )
     # Exit verdicts use the larger of the wall-clock median and the in-process hook time:
     # the hook's own duration is a floor of what exit adds, and far less noisy.

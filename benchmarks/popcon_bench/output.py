@@ -194,6 +194,23 @@ def render(results: Json) -> str:
         )
     out.append("")
 
+    if results.get("floors"):
+        out += [
+            "Wall-clock floors: python -c pass in venvs without popcon-site, one .pth each "
+            "(per-round paired, vs no .pth)"
+        ]
+        f_rows = [
+            [
+                name,
+                spread(f["total_ratio"], 3),
+                spread(f["start_added_ms"], 2, True),
+                str(f["total_ratio"]["n"]),
+            ]
+            for name, f in results["floors"].items()
+        ]
+        out += table(["hook", "total / no .pth", "start-up +ms", "n"], f_rows, right={1, 2, 3})
+        out.append("")
+
     out += ["Targets (medians, side by side)"]
     out.append(
         f"(scaled: a ms target times {results['scale']['factor']:.2f} = this machine's bare "

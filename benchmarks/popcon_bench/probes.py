@@ -204,12 +204,11 @@ def _breakdown():
     t = clock(); names = session.imported_names(); out["snapshot imported names"] = clock() - t
     t = clock(); from popcon_site import _report as r; out["import popcon_site._report"] = clock() - t
     t = clock(); config = r.config_from_environ(); out["read configuration"] = clock() - t
-    t = clock(); attributor = r.Attributor.for_this_process(); out["find site directories"] = clock() - t
     loaded = [n for n in names if n in sys.modules]
     gone = [n for n in names if n not in sys.modules]
-    t = clock(); files = r.module_files(loaded, attributor.site_dirs); out[f"module files: {len(loaded)} loaded"] = clock() - t
-    t = clock(); r.module_files(gone, attributor.site_dirs); out[f"module files: {len(gone)} never loaded (failed imports)"] = clock() - t
-    t = clock(); used = attributor.distributions(files); out["attribute (index import + load)"] = clock() - t
+    t = clock(); files = r.module_files(loaded); out[f"module files: {len(loaded)} loaded"] = clock() - t
+    t = clock(); r.module_files(gone, session.watcher.seen); out[f"module files: {len(gone)} never loaded (failed imports)"] = clock() - t
+    t = clock(); used = r.distributions(files, frozenset()); out["attribute (loads _attribute and the index when needed)"] = clock() - t
     t = clock(); payloads = r.datagrams(r.counter_lines(config.prefix, config.reports_name, used)); out["format lines"] = clock() - t
     t = clock(); address = r.literal_address(config.host, config.port); out["address (imports _socket)"] = clock() - t
     t = clock(); r.send_udp(address, payloads); out["send (socket, sendto, close)"] = clock() - t
