@@ -204,11 +204,14 @@ def render(results: Json) -> str:
                 name,
                 spread(f["total_ratio"], 3),
                 spread(f["start_added_ms"], 2, True),
+                spread(f.get("exit_added_ms"), 2, True),
                 str(f["total_ratio"]["n"]),
             ]
             for name, f in results["floors"].items()
         ]
-        out += table(["hook", "total / no .pth", "start-up +ms", "n"], f_rows, right={1, 2, 3})
+        out += table(
+            ["hook", "total / no .pth", "start-up +ms", "exit +ms", "n"], f_rows, right={1, 2, 3, 4}
+        )
         out.append("")
 
     out += ["Targets (medians, side by side)"]
