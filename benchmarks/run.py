@@ -512,6 +512,11 @@ FLOOR_HOOKS = {
     "a .pth whose exit hook sends one datagram": "import atexit; atexit.register(lambda: "
     "[s.sendto(b'popcon_bench.reports:1|c', ('127.0.0.1', {port})) or s.close() "
     "for s in [__import__('_socket').socket(2, 2)]])",
+    # ... and the least for a design that loads its exit code from a module at exit.
+    "a .pth whose exit hook imports an empty module, then sends": "import atexit; "
+    "atexit.register(lambda: __import__('popcon_bench_empty') and "
+    "[s.sendto(b'popcon_bench.reports:1|c', ('127.0.0.1', {port})) or s.close() "
+    "for s in [__import__('_socket').socket(2, 2)]])",
 }
 
 
@@ -537,7 +542,7 @@ def wall_floors(plan: Plan, sink: UdpSink, scripts: Path, rng: random.Random) ->
         if line is not None:
             text = shipped if line == "shipped" else line.replace("{port}", str(sink.port))
             (site / "zz_popcon_bench.pth").write_text(text + "\n")
-        if line == "import popcon_bench_empty":
+        if line is not None and "popcon_bench_empty" in line:
             (site / "popcon_bench_empty.py").write_text("")
             python = str(root / "bin" / "python")
             subprocess.run(
@@ -770,13 +775,17 @@ def targets(results: Json) -> list[Json]:
     ex = vs("small", "stdlib", "on", "exit_added_ms")
     h = hook("small", "stdlib")
     send = floors.get("a .pth whose exit hook sends one datagram", {}).get("exit_added_ms")
+    load = floors.get("a .pth whose exit hook imports an empty module, then sends", {})
+    load_send = load.get("exit_added_ms")
     add(
         "on: exit added, stdlib-only script",
         "<= +1 ms",
         max(ex["median"], h.get("median", 0)),
         1.0,
         f"{output.spread(ex, 2, True)} ms (hook in-process {output.spread(h, 2)} ms"
-        + (f"; floor, one datagram sent at exit: {send['median']:+.2f} ms)" if send else ")"),
+        + (f"; floors: one datagram sent at exit {send['median']:+.2f} ms" if send else "")
+        + (f", after importing a module {load_send['median']:+.2f} ms" if load_send else "")
+        + ")",
         scaled=True,
         floor=send["median"] if send else None,
     )
