@@ -195,6 +195,23 @@ def test_status_when_enabled_shows_the_hook_ran(env: Env, home: Path) -> None:
     assert "never six" in text
 
 
+def test_without_the_start_file_the_pth_hook_reports(
+    tmp_path: Path, wheel: Path, sink: UdpSink, home: Path
+) -> None:
+    """What README advises on 3.15-3.17: delete popcon_site.start, the .pth line takes over."""
+    venv = make_env(tmp_path / "venv")
+    venv.install(str(wheel), "six")
+    (venv.site_packages / "popcon_site.start").unlink()
+    proc = venv.run("-c", "import six", env=enabled(sink, home))
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert sink.lines() == ["python_popcon.library_used.six:1|c", "python_popcon.reports:1|c"]
+    data = as_json(cli(venv, "status", "--json", environ=private(home)))
+    assert isinstance(data, dict)
+    expected = "popcon_site.start" if sys.version_info >= (3, 18) else "popcon_site.pth"
+    assert data["hook"]["used_by_this_python"] == expected
+    assert data["hook"]["installed"] is (expected == "popcon_site.pth")
+
+
 def test_status_shows_an_invalid_config(env: Env, home: Path) -> None:
     proc = cli(env, "status", environ=private(home, PYTHON_POPCONTEST_STATSD_PORT="0"))
     assert proc.returncode == 0

@@ -220,13 +220,24 @@ def _environment_site_dirs() -> list[str]:
 IPYTHON_STARTUP = os.path.join("etc", "ipython", "startup", "00-popcon-site.py")
 
 
+def _hook_used_by_this_python(installed: set[str]) -> str:
+    # 3.15-3.17 run a .pth's import lines unless a .start of the same name is beside
+    # it (PEP 829); 3.18 ignores them.  Admins may delete the .start on 3.15-3.17: it
+    # makes site import pkgutil in every process (README, Limitations).
+    if sys.version_info >= (3, 18):
+        return "popcon_site.start"
+    if sys.version_info >= (3, 15) and "popcon_site.start" in installed:
+        return "popcon_site.start"
+    return "popcon_site.pth"
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     site_dirs = _attribute.site_dirs()
     user_site = _user_site()
     hooks = []
     for directory in site_dirs:
         for name, role in (
-            ("popcon_site.pth", "start-up hook, Python 3.9-3.14"),
+            ("popcon_site.pth", "start-up hook, Python 3.9-3.17 when no .start is beside it"),
             ("popcon_site.start", "start-up hook, Python 3.15+ (PEP 829)"),
         ):
             path = os.path.join(directory, name)
@@ -235,7 +246,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     ipython = os.path.join(sys.prefix, IPYTHON_STARTUP)
     if os.path.isfile(ipython):
         hooks.append({"file": ipython, "role": "IPython start-up file, for Jupyter kernels"})
-    hook_file = "popcon_site.start" if sys.version_info >= (3, 15) else "popcon_site.pth"
+    hook_file = _hook_used_by_this_python({os.path.basename(h["file"]) for h in hooks})
     hook_installed = any(os.path.basename(h["file"]) == hook_file for h in hooks)
 
     raw_enable = os.environ.get(_report.ENV_ENABLE)
