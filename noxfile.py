@@ -129,6 +129,27 @@ def bench(session: nox.Session) -> None:
     """
     session.install("uv", "hatchling", "matplotlib")
     session.run("python", "benchmarks/run.py", *session.posargs, env={"PIP_FIND_LINKS": ""})
+    _start_file_cost(session)
+
+
+def _start_file_cost(session: nox.Session) -> None:
+    """What popcon_site.start costs Python 3.15 processes, in the sid chroot if it exists."""
+    if not (SID_ROOT / "usr/bin/python3.15").exists():
+        session.log(f"start-file cost skipped: no python3.15 in {SID_ROOT} (nox -s tests_sid)")
+        return
+    rounds = (
+        "3" if "--smoke" in session.posargs else "101" if "--quick" in session.posargs else "301"
+    )
+    wheel = next(Path("benchmarks/work/wheel").glob("popcon_site-*.whl"))
+    work = SID_ROOT / "tmp/popcon-bench"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    shutil.copy(wheel, work)
+    shutil.copy("benchmarks/start_file_cost.py", work)
+    argv = ["python3.15", "/tmp/popcon-bench/start_file_cost.py", f"/tmp/popcon-bench/{wheel.name}"]
+    output = session.run("chroot", str(SID_ROOT), *argv, rounds, external=True, silent=True)
+    Path("benchmarks/results/start-file-cost.txt").write_text(str(output))
+    print(output)
 
 
 # End-to-end: the servers the tests start (tests/e2e/servers.py), all from Debian or npm.
