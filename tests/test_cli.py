@@ -168,6 +168,8 @@ def test_status_reports_hook_config_and_index(env: Env, home: Path) -> None:
     text = cli(env, "status", environ=private(home))
     assert text.returncode == 0
     assert f"installed ({HOOK_FILE} is the one this Python runs)" in text.stdout
+    start_costs_pkgutil = (3, 15) <= sys.version_info < (3, 18)
+    assert ("deleting popcon_site.start brings back" in text.stdout) is start_costs_pkgutil
     assert "no (PYTHON_POPCONTEST_ENABLE is not set)" in text.stdout
     assert "localhost:8125 over udp" in text.stdout
     assert "no fresh index" in text.stdout
