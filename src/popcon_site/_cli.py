@@ -233,7 +233,8 @@ def _hook_used_by_this_python(installed: set[str]) -> str:
     # makes site import pkgutil in every process (README, Limitations).
     if sys.version_info >= (3, 18):
         return "popcon_site.start"
-    if sys.version_info >= (3, 15) and "popcon_site.start" in installed:
+    pth_alone = "popcon_site.pth" in installed and "popcon_site.start" not in installed
+    if sys.version_info >= (3, 15) and not pth_alone:
         return "popcon_site.start"
     return "popcon_site.pth"
 
