@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.machinery
 import os
 import socket
 import stat
+import sys
 from pathlib import Path
 
 import pytest
 import statsd
 
-from popcon_site import _index, _report, _select
+from popcon_site import _cli, _index, _report, _select
 from popcon_site._build import shortest_unique_prefixes
 
 
@@ -202,3 +204,42 @@ def test_group_writable_cache_dir_is_not_written(tmp_path: Path) -> None:
     cache.mkdir()
     cache.chmod(0o777)
     assert not _index.save(sample_index(), str(cache))
+
+
+class _AmbiguousEntry:
+    """A sys.path entry whose == raises, like a numpy array: the import system skips it."""
+
+    def __eq__(self, other: object) -> bool:
+        raise ValueError("ambiguous")
+
+    __hash__ = object.__hash__
+
+
+def test_failed_imports_are_told_apart_from_cached_listings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "present.py").write_text("")
+    finder = importlib.machinery.FileFinder(
+        str(tmp_path), (importlib.machinery.SourceFileLoader, [".py"])
+    )
+    assert finder.find_spec("present") is not None  # fills the finder's listing
+    missing_zip = str(tmp_path / "python3x.zip")
+    monkeypatch.setattr(sys, "path", [str(tmp_path), missing_zip, _AmbiguousEntry()])
+    # As after importlib.invalidate_caches(): the nonexistent zip entry is forgotten.
+    monkeypatch.setattr(sys, "path_importer_cache", {str(tmp_path): finder})
+    listings = _report._path_listings()
+    assert listings == [finder._path_cache]  # no "cannot tell" entry: no lookup per name
+    assert _report._listed_in("present", listings)
+    assert not _report._listed_in("not_there", listings)
+    assert _report.module_files(["not_there"], seen=["not_there"]) == set()
+
+
+def test_status_names_the_pth_hook_when_no_start_file_is_beside_it() -> None:
+    elsewhere = ["/a/site-packages/popcon_site.pth", "/b/site-packages/popcon_site.start"]
+    beside = ["/a/site-packages/popcon_site.pth", "/a/site-packages/popcon_site.start"]
+    pth_runs = sys.version_info < (3, 18)
+    start_wins = sys.version_info >= (3, 15)
+    expected_elsewhere = "popcon_site.pth" if pth_runs else "popcon_site.start"
+    expected_beside = "popcon_site.start" if start_wins else "popcon_site.pth"
+    assert _cli._hook_used_by_this_python(elsewhere) == expected_elsewhere
+    assert _cli._hook_used_by_this_python(beside) == expected_beside

@@ -227,13 +227,17 @@ START_FILE_NOTE = (
 )
 
 
-def _hook_used_by_this_python(installed: set[str]) -> str:
+def _hook_used_by_this_python(files: list[str]) -> str:
     # 3.15-3.17 run a .pth's import lines unless a .start of the same name is beside
     # it (PEP 829); 3.18 ignores them.  Admins may delete the .start on 3.15-3.17: it
     # makes site import pkgutil in every process (README, Limitations).
     if sys.version_info >= (3, 18):
         return "popcon_site.start"
-    pth_alone = "popcon_site.pth" in installed and "popcon_site.start" not in installed
+    names = set(files)
+    pth_alone = any(
+        f.endswith(os.sep + "popcon_site.pth") and f[: -len("pth")] + "start" not in names
+        for f in files
+    )
     if sys.version_info >= (3, 15) and not pth_alone:
         return "popcon_site.start"
     return "popcon_site.pth"
@@ -254,7 +258,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     ipython = os.path.join(sys.prefix, IPYTHON_STARTUP)
     if os.path.isfile(ipython):
         hooks.append({"file": ipython, "role": "IPython start-up file, for Jupyter kernels"})
-    hook_file = _hook_used_by_this_python({os.path.basename(h["file"]) for h in hooks})
+    hook_file = _hook_used_by_this_python([h["file"] for h in hooks])
     hook_installed = any(os.path.basename(h["file"]) == hook_file for h in hooks)
 
     raw_enable = os.environ.get(_report.ENV_ENABLE)

@@ -261,21 +261,27 @@ def _locate(name: str) -> "str | None":
 
 def _path_listings() -> "list[object]":
     # What the import system last listed of each sys.path directory; None where it
-    # cannot tell (never searched, or not a plain directory).  Nonexistent entries,
-    # which the import system caches as None, are left out: nothing comes from them.
+    # cannot tell (a directory never searched, or whose finder keeps no listing).
+    # Entries nothing can come from are left out: nonexistent ones, which the import
+    # system caches as None, and non-directories (zip files, path-hook placeholders).
     cache = sys.path_importer_cache
     listings: list[object] = []
     for entry in sys.path:
+        if not isinstance(entry, str):
+            continue  # the import system skips these too
         if entry == "":
             try:
                 entry = os.getcwd()
             except OSError:
-                listings.append(None)
                 continue
-        if not isinstance(entry, str) or entry not in cache:
-            listings.append(None)  # never searched
-        elif cache[entry] is not None:
-            listings.append(getattr(cache[entry], "_path_cache", None))
+        finder = cache.get(entry)
+        if entry in cache and finder is None:
+            continue
+        listing = getattr(finder, "_path_cache", None)
+        if listing is not None:
+            listings.append(listing)
+        elif os.path.isdir(entry):  # one stat per entry, not per name
+            listings.append(None)
     return listings
 
 
