@@ -527,31 +527,17 @@ def wall_floors(plan: Plan, sink: UdpSink, scripts: Path, rng: random.Random) ->
     the cheapest import line, the shipped line, and a line importing an empty module
     (the least any hook that loads code at start-up can cost).
     """
-    uv = envs.uv_binary()
     shipped = (envs.ROOT / "popcon_site.pth").read_text().strip()
+    env = {k: v for k, v in child_environ(sink, SPECS[0]).items() if "POPCONTEST" not in k}
     variants = []
     for index, (name, line) in enumerate(FLOOR_HOOKS.items()):
-        root = WORK / "envs" / f"floor-hook-{index}"
-        shutil.rmtree(root, ignore_errors=True)
-        subprocess.run(
-            [uv, "venv", "--quiet", "--python", envs.base_python(), str(root)],
-            check=True,
-            env=envs.installer_environ(),
-        )
-        (site,) = (root / "lib").glob("python3*/site-packages")
+        python, site = _tiny_venv(WORK / "envs" / f"floor-hook-{index}")
         if line is not None:
             text = shipped if line == "shipped" else line.replace("{port}", str(sink.port))
             (site / "zz_popcon_bench.pth").write_text(text + "\n")
-        if line is not None and "popcon_bench_empty" in line:
-            (site / "popcon_bench_empty.py").write_text("")
-            python = str(root / "bin" / "python")
-            subprocess.run(
-                [python, "-m", "compileall", "-q", str(site / "popcon_bench_empty.py")],
-                check=True,
-                env=envs.installer_environ(),
-            )
-        env = {k: v for k, v in child_environ(sink, SPECS[0]).items() if "POPCONTEST" not in k}
-        variants.append(Variant(name, str(root / "bin" / "python"), env, plan.floor_rounds))
+            if "popcon_bench_empty" in line:
+                _add_empty_module(python, site)
+        variants.append(Variant(name, python, env, plan.floor_rounds))
     log(f"wall-clock floors: {plan.floor_rounds} rounds")
     run_interleaved(variants, _argv("pass", scripts), WORK, sink, rng)
     reference = variants[0]
@@ -576,21 +562,14 @@ PTH_LINES = {
 def build_floor_envs(built: dict[str, dict[str, BuiltEnv]]) -> dict[str, str]:
     """Two tiny venvs for floors: one with no packages (for .pth lines), one with the wheel
     and an empty module (for the cost of importing anything at start-up)."""
-    uv = envs.uv_binary()
     out = {}
+    sites = {}
     for name in ("pth", "import"):
-        root = WORK / "envs" / f"floor-{name}"
-        shutil.rmtree(root, ignore_errors=True)
-        subprocess.run(
-            [uv, "venv", "--quiet", "--python", envs.base_python(), str(root)],
-            check=True,
-            env=envs.installer_environ(),
-        )
-        out[name] = str(root / "bin" / "python")
+        out[name], sites[name] = _tiny_venv(WORK / "envs" / f"floor-{name}")
     wheel = next((WORK / "wheel").glob("popcon_site-*.whl"))
     subprocess.run(
         [
-            uv,
+            envs.uv_binary(),
             "pip",
             "install",
             "--quiet",
@@ -603,15 +582,30 @@ def build_floor_envs(built: dict[str, dict[str, BuiltEnv]]) -> dict[str, str]:
         check=True,
         env=envs.installer_environ(),
     )
-    site = WORK / "envs" / "floor-import" / "lib"
-    (target,) = site.glob("python3*/site-packages")
-    (target / "popcon_bench_empty.py").write_text("")
+    _add_empty_module(out["import"], sites["import"])
+    return out
+
+
+def _tiny_venv(root: Path) -> tuple[str, Path]:
+    """A fresh venv with nothing installed: its python and its site-packages."""
+    shutil.rmtree(root, ignore_errors=True)
     subprocess.run(
-        [out["import"], "-m", "compileall", "-q", str(target / "popcon_bench_empty.py")],
+        [envs.uv_binary(), "venv", "--quiet", "--python", envs.base_python(), str(root)],
         check=True,
         env=envs.installer_environ(),
     )
-    return out
+    (site,) = (root / "lib").glob("python3*/site-packages")
+    return str(root / "bin" / "python"), site
+
+
+def _add_empty_module(python: str, site: Path) -> None:
+    """popcon_bench_empty: the cheapest module there is to import, compiled."""
+    (site / "popcon_bench_empty.py").write_text("")
+    subprocess.run(
+        [python, "-m", "compileall", "-q", str(site / "popcon_bench_empty.py")],
+        check=True,
+        env=envs.installer_environ(),
+    )
 
 
 def pth_alternatives(python: str, env: dict[str, str], scripts: Path) -> dict[str, int]:
