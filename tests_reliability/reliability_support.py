@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 import zipfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -388,21 +388,3 @@ def run_in_netns(spec: dict, workdir: Path, timeout: float = 300) -> dict:
     )
     assert proc.returncode == 0, f"netns driver failed:\n{proc.stdout}\n{proc.stderr}"
     return json.loads(result_file.read_text())
-
-
-@contextlib.contextmanager
-def read_only_mounts(paths: Iterable[Path]) -> Iterator[list[str]]:
-    """A command prefix that runs a program with ``paths`` mounted read-only (own mount ns)."""
-    binds = " && ".join(
-        f"mount --bind '{p}' '{p}' && mount -o remount,ro,bind '{p}'" for p in paths
-    )
-    yield [
-        "unshare",
-        "--mount",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        f'{binds} && exec "$@"',
-        "sh",
-    ]

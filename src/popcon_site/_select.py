@@ -4,6 +4,8 @@
 # PYTHON_POPCONTEST_RANK0_ONLY.  Imported at exit only when one of them is set,
 # and by the index builder and the CLI for the name normalization.
 
+from popcon_site._report import MAX_NAME  # loaded already wherever this module is
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -17,7 +19,6 @@ RANK_VARIABLES = (
     "MV2_COMM_WORLD_RANK",
 )
 
-MAX_PATTERN = 200  # as long as the longest name that can be sent
 _PATTERN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-*?[]!")
 
 
@@ -37,7 +38,7 @@ def parse_patterns(raw: str) -> "tuple[str, ...]":
         pattern = normalize_name(item.strip())
         if not pattern:
             continue
-        if not set(pattern) <= _PATTERN_CHARS or len(pattern) > MAX_PATTERN:
+        if not set(pattern) <= _PATTERN_CHARS or len(pattern) > MAX_NAME:
             raise ValueError(item)
         patterns.append(pattern)
     return tuple(patterns)
