@@ -101,6 +101,44 @@ def test_os_exit_in_fork_child_sends_nothing(env: Env, sink: UdpSink, home: Path
     assert packets_by_process(sink) == [{"six"}]
 
 
+def test_nothing_of_popcon_site_outlives_the_report(env: Env, sink: UdpSink, home: Path) -> None:
+    """Once the exit hook ran, nothing the interpreter keeps until teardown (the at-fork
+    registry, sys.meta_path) may hold popcon_site's globals: held, they keep os, sys and
+    most of the module graph alive through the collection at exit (~0.2 ms here)."""
+    code = (
+        "import atexit, gc, sys, weakref, popcon_site\n"
+        "class Probe: pass\n"
+        "probe = Probe(); popcon_site._probe = probe; alive = weakref.ref(probe); del probe\n"
+        "popcon_site._at_exit()\n"
+        "atexit.unregister(popcon_site._at_exit)\n"  # as the interpreter does once it ran
+        "for name in [n for n in sys.modules if n.split('.')[0] == 'popcon_site']:\n"
+        "    del sys.modules[name]\n"
+        "del popcon_site; gc.collect()\n"
+        "print('held' if alive() is not None else 'freed')\n"
+    )
+    proc = env.run("-c", code, env=enabled(sink, home))
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "freed\n", "")
+    assert packets_by_process(sink) == [set()]
+
+
+def test_fork_after_the_report_is_harmless(env: Env, sink: UdpSink, home: Path) -> None:
+    # An exit handler registered before activation runs after the report, then forks.
+    code = (
+        "import atexit, os\n"
+        "def late():\n"
+        "    pid = os.fork()\n"
+        "    if pid == 0:\n"
+        "        import attr; os._exit(0)\n"
+        "    os.waitpid(pid, 0)\n"
+        "atexit.register(late)\n"
+        "import popcon_site; popcon_site.activate()\n"
+        "import six\n"
+    )
+    proc = env.run("-S", "-c", code, env=enabled(sink, home, PYTHONPATH=str(env.site_packages)))
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert packets_by_process(sink) == [{"six"}]
+
+
 @pytest.mark.parametrize("method", ["spawn", "forkserver", "fork"])
 def test_spawned_processes_report_on_their_own(
     env: Env, sink: UdpSink, home: Path, tmp_path: Path, method: str
