@@ -108,6 +108,56 @@ def test_manual_activation_under_dash_S(env: Env, sink: UdpSink, home: Path, cal
     assert sink.lines() == ["python_popcon.library_used.six:1|c", "python_popcon.reports:1|c"]
 
 
+def test_the_exit_module_loaded_directly_is_the_regular_one(
+    env: Env, sink: UdpSink, home: Path
+) -> None:
+    """At exit popcon_site loads _report straight from its file; any later import
+    of it must get that very module, with what the import system would have set."""
+    code = (
+        "import popcon_site, importlib.util\n"
+        "direct = popcon_site._exit_module()\n"
+        "import popcon_site._report as regular\n"
+        "from popcon_site import _report as attribute\n"
+        "spec = importlib.util.find_spec('popcon_site._report')\n"
+        "print(direct is regular is attribute, direct.__file__ == spec.origin, "
+        "direct.__spec__.cached == spec.cached, type(direct.__loader__) is type(spec.loader))\n"
+    )
+    proc = env.run("-c", code, env=enabled(sink, home))
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "True True True True\n", "")
+    assert sink.lines() == ["python_popcon.reports:1|c"]
+
+
+@pytest.mark.parametrize("where", ["zip", "no bytecode cache"])
+def test_the_exit_module_loads_from_a_zip_or_from_source(
+    env: Env, sink: UdpSink, home: Path, tmp_path: Path, where: str
+) -> None:
+    """Not loaded by a plain file loader (a zip) or without .pyc files, the report still
+    goes out."""
+    import shutil
+    import zipfile
+
+    package = env.site_packages / "popcon_site"
+    if where == "zip":
+        entry = tmp_path / "popcon.zip"
+        with zipfile.ZipFile(entry, "w") as archive:
+            for source in package.glob("*.py"):
+                archive.write(source, f"popcon_site/{source.name}")
+    else:
+        entry = tmp_path / "copy"
+        shutil.copytree(package, entry / "popcon_site", ignore=shutil.ignore_patterns("*.pyc"))
+    code = (
+        f"import atexit, sys; sys.path.insert(0, {str(entry)!r})\n"
+        "show = lambda: print(type(sys.modules['popcon_site._report'].__loader__).__name__)\n"
+        "atexit.register(show)\n"
+        "import popcon_site; popcon_site.activate()\n"  # its exit hook runs before the line above
+    )
+    proc = env.run("-S", "-B", "-c", code, env=enabled(sink, home))
+    loader = "zipimporter" if where == "zip" else "SourceFileLoader"
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, loader + "\n", "")
+    assert sink.lines() == ["python_popcon.reports:1|c"]
+    assert where == "zip" or not list(entry.rglob("*.pyc"))
+
+
 def test_dash_S_alone_does_nothing(env: Env, sink: UdpSink, home: Path) -> None:
     proc = env.run("-S", "-c", "pass", env=enabled(sink, home))
     assert (proc.returncode, proc.stderr) == (0, "")

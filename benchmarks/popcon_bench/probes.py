@@ -202,7 +202,7 @@ def _breakdown():
     clock = time.perf_counter_ns
     out = {}
     t = clock(); names = session.imported_names(); out["snapshot imported names"] = clock() - t
-    t = clock(); from popcon_site import _report as r; out["import popcon_site._report"] = clock() - t
+    t = clock(); r = popcon_site._exit_module(); out["load popcon_site._report"] = clock() - t
     t = clock(); config = r.config_from_environ(); out["read configuration"] = clock() - t
     loaded = [n for n in names if n in sys.modules]
     gone = [n for n in names if n not in sys.modules]
