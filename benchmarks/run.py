@@ -502,6 +502,8 @@ def run_probes(
 
 
 # What any start-up hook costs before popcon-site does anything: each a venv with one .pth.
+MINIMAL = "a minimal popcon-site (popcon_bench/minimal/), on"
+ITSELF = "popcon-site itself, on"
 FLOOR_HOOKS = {
     "no .pth": None,
     "a comment only": "# popcon-bench",
@@ -517,27 +519,46 @@ FLOOR_HOOKS = {
     "atexit.register(lambda: __import__('popcon_bench_empty') and "
     "[s.sendto(b'popcon_bench.reports:1|c', ('127.0.0.1', {port})) or s.close() "
     "for s in [__import__('_socket').socket(2, 2)]])",
+    # The shipped check, enabled, importing popcon_bench/minimal/: what any design of
+    # popcon-site's kind must do at start-up and at exit, and nothing more ...
+    MINIMAL: "minimal",
+    # ... side by side with popcon-site itself in the same kind of venv.
+    ITSELF: "itself",
 }
 
 
 def wall_floors(plan: Plan, sink: UdpSink, scripts: Path, rng: random.Random) -> Json:
     """Whole-process wall clock of `python -c pass` per kind of hook, side by side.
 
-    The floors under the off and start-up targets: a .pth file that does nothing,
-    the cheapest import line, the shipped line, and a line importing an empty module
-    (the least any hook that loads code at start-up can cost).
+    The floors under the off, start-up and exit targets: a .pth file that does
+    nothing, the cheapest import line, the shipped line, a line importing an empty
+    module (the least any hook that loads code at start-up can cost), exit hooks that
+    send one datagram, and a minimal popcon-site next to popcon-site itself, both on.
     """
     shipped = (envs.ROOT / "popcon_site.pth").read_text().strip()
     env = {k: v for k, v in child_environ(sink, SPECS[0]).items() if "POPCONTEST" not in k}
     variants = []
     for index, (name, line) in enumerate(FLOOR_HOOKS.items()):
         python, site = _tiny_venv(WORK / "envs" / f"floor-hook-{index}")
+        variables = env
+        if line == "itself":
+            _install_wheel(python, deps=True)
+            line = None
+            variables = dict(child_environ(sink, SPECS[0]), PYTHON_POPCONTEST_ENABLE="1")
+        if line == "minimal":
+            line = shipped.replace(
+                "__import__('popcon_site').activate()", "__import__('popcon_bench_minimal')"
+            )
+            assert line != shipped, "the shipped .pth line changed: update the minimal floor"
+            for module in (BENCH / "popcon_bench" / "minimal").glob("*.py"):
+                _add_module(python, site, module.name, module.read_text())
+            variables = dict(child_environ(sink, SPECS[0]), PYTHON_POPCONTEST_ENABLE="1")
         if line is not None:
             text = shipped if line == "shipped" else line.replace("{port}", str(sink.port))
             (site / "zz_popcon_bench.pth").write_text(text + "\n")
             if "popcon_bench_empty" in line:
-                _add_empty_module(python, site)
-        variants.append(Variant(name, python, env, plan.floor_rounds))
+                _add_module(python, site, "popcon_bench_empty.py", "")
+        variants.append(Variant(name, python, variables, plan.floor_rounds))
     log(f"wall-clock floors: {plan.floor_rounds} rounds")
     run_interleaved(variants, _argv("pass", scripts), WORK, sink, rng)
     reference = variants[0]
@@ -566,24 +587,19 @@ def build_floor_envs(built: dict[str, dict[str, BuiltEnv]]) -> dict[str, str]:
     sites = {}
     for name in ("pth", "import"):
         out[name], sites[name] = _tiny_venv(WORK / "envs" / f"floor-{name}")
-    wheel = next((WORK / "wheel").glob("popcon_site-*.whl"))
-    subprocess.run(
-        [
-            envs.uv_binary(),
-            "pip",
-            "install",
-            "--quiet",
-            "--compile-bytecode",
-            "--no-deps",
-            "--python",
-            out["import"],
-            str(wheel),
-        ],
-        check=True,
-        env=envs.installer_environ(),
-    )
-    _add_empty_module(out["import"], sites["import"])
+    _install_wheel(out["import"], deps=False)
+    _add_module(out["import"], sites["import"], "popcon_bench_empty.py", "")
     return out
+
+
+def _install_wheel(python: str, deps: bool) -> None:
+    """The popcon-site wheel this run built, compiled, into a tiny venv."""
+    wheel = next((WORK / "wheel").glob("popcon_site-*.whl"))
+    command = [envs.uv_binary(), "pip", "install", "--quiet", "--compile-bytecode"]
+    command += [] if deps else ["--no-deps"]
+    subprocess.run(
+        [*command, "--python", python, str(wheel)], check=True, env=envs.installer_environ()
+    )
 
 
 def _tiny_venv(root: Path) -> tuple[str, Path]:
@@ -598,11 +614,11 @@ def _tiny_venv(root: Path) -> tuple[str, Path]:
     return str(root / "bin" / "python"), site
 
 
-def _add_empty_module(python: str, site: Path) -> None:
-    """popcon_bench_empty: the cheapest module there is to import, compiled."""
-    (site / "popcon_bench_empty.py").write_text("")
+def _add_module(python: str, site: Path, filename: str, text: str) -> None:
+    """A module in site-packages, compiled (popcon_bench_empty: the cheapest there is)."""
+    (site / filename).write_text(text)
     subprocess.run(
-        [python, "-m", "compileall", "-q", str(site / "popcon_bench_empty.py")],
+        [python, "-m", "compileall", "-q", str(site / filename)],
         check=True,
         env=envs.installer_environ(),
     )
@@ -747,30 +763,41 @@ def targets(results: Json) -> list[Json]:
         f"{output.spread(off, 3)} (CPU {off_cpu['median']:.3f}{instr}{floor_text})",
         floor=sys_floor["median"] if sys_floor else None,
     )
+    # The floor of a start-up or exit target: a minimal popcon-site, measured in tiny
+    # venvs side by side with popcon-site itself (its figure there is shown too).
+    minimal = floors.get(MINIMAL, {})
+    itself = floors.get(ITSELF, {})
+
+    def beside(field: str) -> str:
+        if not (minimal.get(field) and itself.get(field)):
+            return ""
+        return (
+            f"; a minimal popcon-site {minimal[field]['median']:+.2f} ms, "
+            f"popcon-site itself beside it {itself[field]['median']:+.2f} ms"
+        )
+
     start = vs("small", "pass", "on", "start_added_ms")
     cpu = vs("small", "pass", "on", "cpu_added_ms")
     empty = floors.get("a .pth importing an empty module", {}).get("start_added_ms")
+    start_floor = minimal.get("start_added_ms") or empty
     add(
         "on: start-up added (python -c pass)",
         "<= +0.3 ms",
         start["median"],
         0.3,
         f"{output.spread(start, 2, True)} ms (whole-process CPU {cpu['median']:+.2f} ms"
-        + (
-            f"; floor, a .pth importing an empty module: {empty['median']:+.2f} ms)"
-            if empty
-            else ")"
-        ),
+        + (f"; floors: a .pth importing an empty module {empty['median']:+.2f} ms" if empty else "")
+        + beside("start_added_ms")
+        + ")",
         scaled=True,
-        floor=empty["median"] if empty else None,
+        floor=start_floor["median"] if start_floor else None,
     )
     # Exit verdicts use the larger of the wall-clock median and the in-process hook time:
     # the hook's own duration is a floor of what exit adds, and far less noisy.
     ex = vs("small", "stdlib", "on", "exit_added_ms")
     h = hook("small", "stdlib")
     send = floors.get("a .pth whose exit hook sends one datagram", {}).get("exit_added_ms")
-    load = floors.get("a .pth whose exit hook imports an empty module, then sends", {})
-    load_send = load.get("exit_added_ms")
+    exit_floor = minimal.get("exit_added_ms") or send
     add(
         "on: exit added, stdlib-only script",
         "<= +1 ms",
@@ -778,10 +805,10 @@ def targets(results: Json) -> list[Json]:
         1.0,
         f"{output.spread(ex, 2, True)} ms (hook in-process {output.spread(h, 2)} ms"
         + (f"; floors: one datagram sent at exit {send['median']:+.2f} ms" if send else "")
-        + (f", after importing a module {load_send['median']:+.2f} ms" if load_send else "")
+        + beside("exit_added_ms")
         + ")",
         scaled=True,
-        floor=send["median"] if send else None,
+        floor=exit_floor["median"] if exit_floor else None,
     )
     ex = vs("real130", "rich", "on", "exit_added_ms")
     h = hook("real130", "rich")

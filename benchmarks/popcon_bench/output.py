@@ -196,8 +196,8 @@ def render(results: Json) -> str:
 
     if results.get("floors"):
         out += [
-            "Wall-clock floors: python -c pass in venvs without popcon-site, one .pth each "
-            "(per-round paired, vs no .pth)"
+            "Wall-clock floors: python -c pass in tiny venvs, one kind of hook each, "
+            "popcon-site itself last (per-round paired, vs no .pth)"
         ]
         f_rows = [
             [
