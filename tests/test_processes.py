@@ -121,6 +121,26 @@ def test_nothing_of_popcon_site_outlives_the_report(env: Env, sink: UdpSink, hom
     assert packets_by_process(sink) == [set()]
 
 
+@pytest.mark.parametrize("program_collects", [True, False])
+def test_the_report_sets_off_no_collection_and_leaves_the_collector_as_found(
+    env: Env, sink: UdpSink, home: Path, program_collects: bool
+) -> None:
+    """A collection set off by the report's own allocations would walk the program's
+    young objects at every exit (1.5 ms once pandas is loaded)."""
+    code = (
+        "import gc, popcon_site, six\n"
+        "phases = []\n"
+        "gc.callbacks.append(lambda phase, info: phases.append(phase))\n"
+        f"gc.enable() if {program_collects} else gc.disable()\n"
+        "gc.set_threshold(1)\n"  # any allocation would set it off
+        "popcon_site._at_exit()\n"
+        "print(len(phases), gc.isenabled())\n"
+    )
+    proc = env.run("-c", code, env=enabled(sink, home))
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, f"0 {program_collects}\n", "")
+    assert packets_by_process(sink) == [{"six"}]
+
+
 def test_fork_after_the_report_is_harmless(env: Env, sink: UdpSink, home: Path) -> None:
     # An exit handler registered before activation runs after the report, then forks.
     code = (

@@ -201,6 +201,7 @@ def _breakdown():
     atexit.unregister(popcon_site._at_exit)
     clock = time.perf_counter_ns
     out = {}
+    import gc; gc.disable()  # as popcon_site._at_exit does
     t = clock(); names = session.imported_names(); out["snapshot imported names"] = clock() - t
     t = clock(); r = popcon_site._exit_module(); out["load popcon_site._report"] = clock() - t
     t = clock(); config = r.config_from_environ(); out["read configuration"] = clock() - t
