@@ -45,6 +45,9 @@ SPECS = [
 ]
 
 
+EXIT_TARGET_BLOCKS = (("small", "stdlib"), ("real130", "rich"))
+
+
 @dataclass(frozen=True)
 class Plan:
     """How many measured rounds each kind of variant gets (after one warm-up round)."""
@@ -57,8 +60,9 @@ class Plan:
     probe_runs: int
     callgrind: tuple[str, ...]
     floor_rounds: int  # python -c pass with each kind of start-up hook, no popcon-site
-    # The exit target's block (small env, stdlib script) runs this many times the rounds:
-    # its wall-clock exit spreads over ~3 ms (95 modules torn down), the target is 1 ms.
+    # The exit targets' blocks run this many times the rounds: their wall-clock exit
+    # spreads over ~3 ms (small env, stdlib script; target 1 ms) and ~16 ms (130 real
+    # dists, rich script; target 3 ms) between rounds.
     exit_target_factor: int = 1
 
 
@@ -310,7 +314,7 @@ def main() -> int:
     for env_name, workload, names in blocks:
         spec = next(s for s in SPECS if s.name == env_name)
         fast = plan.fast[workload]
-        if (env_name, workload) == ("small", "stdlib"):
+        if (env_name, workload) in EXIT_TARGET_BLOCKS:
             fast *= plan.exit_target_factor
         if workload in ("fork", "spawn"):
             earlier_rounds = plan.earlier_procs
