@@ -476,7 +476,24 @@ def run_probes(
                 if count is not None:
                     callgrind[workload][name] = count
         log("callgrind: .pth line alternatives")
-        callgrind["pass, .pth line alone"] = pth_alternatives(floors["pth"], cg_env, scripts)
+        (venv_site,) = (Path(floors["pth"]).parent.parent / "lib").glob("python3*/site-packages")
+        callgrind["pass, .pth line alone (venv: read twice)"] = pth_alternatives(
+            floors["pth"], venv_site, cg_env, scripts
+        )
+        # CPython reads a venv's .pth files twice (cpython#75723); a conda env or a
+        # system install reads them once, as the base interpreter reads its user site.
+        home = WORK / "home-user-site"
+        user_env = dict(cg_env, HOME=str(home))
+        user_site = subprocess.run(
+            [envs.base_python(), "-c", "import site; print(site.getusersitepackages())"],
+            env=user_env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        callgrind["pass, .pth line alone (read once)"] = pth_alternatives(
+            envs.base_python(), Path(user_site), user_env, scripts
+        )
         shutil.rmtree(WORK / "callgrind", ignore_errors=True)
 
     log("profiles of the exit hook")
@@ -634,9 +651,10 @@ def _add_module(python: str, site: Path, filename: str, text: str) -> None:
     )
 
 
-def pth_alternatives(python: str, env: dict[str, str], scripts: Path) -> dict[str, int]:
-    """Instructions of `python -c pass` with one extra .pth file holding each kind of line."""
-    (site,) = (Path(python).parent.parent / "lib").glob("python3*/site-packages")
+def pth_alternatives(python: str, site: Path, env: dict[str, str], scripts: Path) -> dict[str, int]:
+    """Instructions of `python -c pass` with one extra .pth file in `site` holding each
+    kind of line."""
+    site.mkdir(parents=True, exist_ok=True)
     pth = site / "zz_popcon_bench.pth"
     current = (envs.ROOT / "popcon_site.pth").read_text().strip()
     counts = {}
@@ -757,8 +775,14 @@ def targets(results: Json) -> list[Json]:
     comment_floor = floors.get("a comment only", {}).get("total_ratio")
     off = vs("small", "pass", "off", "total_ratio")
     off_cpu = vs("small", "pass", "off", "cpu_ratio")
-    cg = results["probes"].get("callgrind", {}).get("pass", {})
+    callgrind = results["probes"].get("callgrind", {})
+    cg = callgrind.get("pass", {})
     instr = f"; instructions {cg['off'] / cg['bare']:.4f}" if "off" in cg and "bare" in cg else ""
+    for where in ("venv: read twice", "read once"):
+        alone = callgrind.get(f"pass, .pth line alone ({where})", {})
+        if "no .pth" in alone and "popcon_site.pth as shipped" in alone:
+            ratio = alone["popcon_site.pth as shipped"] / alone["no .pth"]
+            instr += f", the line alone {ratio:.4f} ({where})"
     floor_text = (
         f"; floors: a comment-only .pth {comment_floor['median']:.3f}, `import sys` "
         f"{sys_floor['median']:.3f}"

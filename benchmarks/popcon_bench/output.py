@@ -180,7 +180,8 @@ def render(results: Json) -> str:
         out.append("")
         out += [
             "Instruction counts (callgrind, PYTHONHASHSEED=0; small env with the probe "
-            "sitecustomize in all variants; .pth lines in an empty venv)"
+            "sitecustomize in all variants; .pth lines in an empty venv, which CPython reads "
+            "twice, and in the base interpreter's user site, read once)"
         ]
         c_rows = []
         for w, by_variant in probes["callgrind"].items():
