@@ -778,11 +778,14 @@ def targets(results: Json) -> list[Json]:
     callgrind = results["probes"].get("callgrind", {})
     cg = callgrind.get("pass", {})
     instr = f"; instructions {cg['off'] / cg['bare']:.4f}" if "off" in cg and "bare" in cg else ""
+    # The line's own instructions, against a venv's `python -c pass` (the base
+    # interpreter that reads its user site once starts up with more of its own).
+    venv_pass = callgrind.get("pass, .pth line alone (venv: read twice)", {}).get("no .pth")
     for where in ("venv: read twice", "read once"):
         alone = callgrind.get(f"pass, .pth line alone ({where})", {})
-        if "no .pth" in alone and "popcon_site.pth as shipped" in alone:
-            ratio = alone["popcon_site.pth as shipped"] / alone["no .pth"]
-            instr += f", the line alone {ratio:.4f} ({where})"
+        if venv_pass and "no .pth" in alone and "popcon_site.pth as shipped" in alone:
+            added = alone["popcon_site.pth as shipped"] - alone["no .pth"]
+            instr += f", the line alone {1 + added / venv_pass:.4f} ({where})"
     floor_text = (
         f"; floors: a comment-only .pth {comment_floor['median']:.3f}, `import sys` "
         f"{sys_floor['median']:.3f}"

@@ -181,7 +181,8 @@ def render(results: Json) -> str:
         out += [
             "Instruction counts (callgrind, PYTHONHASHSEED=0; small env with the probe "
             "sitecustomize in all variants; .pth lines in an empty venv, which CPython reads "
-            "twice, and in the base interpreter's user site, read once)"
+            "twice, and in the base interpreter's user site, read once: that interpreter's own "
+            "start-up is heavier, compare what each line adds)"
         ]
         c_rows = []
         for w, by_variant in probes["callgrind"].items():
