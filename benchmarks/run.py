@@ -563,7 +563,8 @@ def wall_floors(plan: Plan, sink: UdpSink, scripts: Path, rng: random.Random) ->
     send one datagram, and a minimal popcon-site next to popcon-site itself, both on.
     """
     shipped = (envs.ROOT / "popcon_site.pth").read_text().strip()
-    env = {k: v for k, v in child_environ(sink, SPECS[0]).items() if "POPCONTEST" not in k}
+    on = dict(child_environ(sink, SPECS[0]), PYTHON_POPCONTEST_ENABLE="1")
+    env = {k: v for k, v in on.items() if "POPCONTEST" not in k}
     variants = []
     for index, (name, line) in enumerate(FLOOR_HOOKS.items()):
         python, site = _tiny_venv(WORK / "envs" / f"floor-hook-{index}")
@@ -571,7 +572,7 @@ def wall_floors(plan: Plan, sink: UdpSink, scripts: Path, rng: random.Random) ->
         if line == "itself":
             _install_wheel(python, deps=True)
             line = None
-            variables = dict(child_environ(sink, SPECS[0]), PYTHON_POPCONTEST_ENABLE="1")
+            variables = on
         if line == "minimal":
             line = shipped.replace(
                 "__import__('popcon_site').activate()", "__import__('popcon_bench_minimal')"
@@ -579,7 +580,7 @@ def wall_floors(plan: Plan, sink: UdpSink, scripts: Path, rng: random.Random) ->
             assert line != shipped, "the shipped .pth line changed: update the minimal floor"
             for module in (BENCH / "popcon_bench" / "minimal").glob("*.py"):
                 _add_module(python, site, module.name, module.read_text())
-            variables = dict(child_environ(sink, SPECS[0]), PYTHON_POPCONTEST_ENABLE="1")
+            variables = on
         if line is not None:
             text = shipped if line == "shipped" else line.replace("{port}", str(sink.port))
             (site / "zz_popcon_bench.pth").write_text(text + "\n")
