@@ -50,7 +50,7 @@ def load(source: str | Path | dict[str, Any]) -> list[Rule]:
                 assert 1 <= int(index) <= captures, f"{label}: ${index} in {match}"
         assert _PROM_NAME.fullmatch(mapping["name"]), mapping["name"]
         if "ttl" in mapping:
-            assert re.fullmatch(r"(\d+(ns|us|µs|ms|s|m|h|d|w|y))+|0", str(mapping["ttl"]))
+            assert re.fullmatch(r"(\d+(ns|us|µs|ms|s|m|h))+|0", str(mapping["ttl"]))
         metric_type = mapping.get("match_metric_type")
         assert metric_type in (None, "counter", "gauge", "observer", "timer"), metric_type
         rules.append(Rule(components, metric_type, mapping["name"], tuple(labels.items())))
