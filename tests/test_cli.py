@@ -1071,13 +1071,13 @@ def test_bad_prometheus_urls(env: Env, home: Path, url: str, reason: str) -> Non
     ],
 )
 def test_required_name(requirement: str, name: str | None) -> None:
-    from popcon_site._cli import required_name
+    from popcon_site._installed import required_name
 
     assert required_name(requirement) == name
 
 
 def test_bar_resolution() -> None:
-    from popcon_site._cli import _bar
+    from popcon_site.cli._output import bar as _bar
 
     assert _bar(1.0) == "█" * 30
     assert _bar(0.5) == "█" * 15

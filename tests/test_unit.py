@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 import statsd
 
-from popcon_site import _cli, _index, _report, _select
-from popcon_site._build import shortest_unique_prefixes
+import popcon_site
+from popcon_site import _index, _report
+from popcon_site._indexer import shortest_unique_prefixes
+from popcon_site.cli import status
 
 
 def test_defaults_match_the_earlier_readme() -> None:
@@ -82,15 +84,15 @@ def test_accepted_spellings() -> None:
     ],
 )
 def test_pep503_normalization(name: str, normalized: str) -> None:
-    assert _select.normalize_name(name) == normalized
-    assert _report.is_safe_name(normalized)
+    assert popcon_site.normalize_name(name) == normalized
+    assert popcon_site.is_safe_name(normalized)
 
 
 @pytest.mark.parametrize(
     "name", ["", "a:b", "a|c", "a@b", "a#b", "a\nb", "é", "-a", "a-", "x" * 201, "A"]
 )
 def test_unsafe_names_never_reach_the_wire(name: str) -> None:
-    assert not _report.is_safe_name(name)
+    assert not popcon_site.is_safe_name(name)
     assert _report.counter_lines("p", "reports", [name]) == ["reports:1|c"]
 
 
@@ -241,5 +243,5 @@ def test_status_names_the_pth_hook_when_no_start_file_is_beside_it() -> None:
     start_wins = sys.version_info >= (3, 15)
     expected_elsewhere = "popcon_site.pth" if pth_runs else "popcon_site.start"
     expected_beside = "popcon_site.start" if start_wins else "popcon_site.pth"
-    assert _cli._hook_used_by_this_python(elsewhere) == expected_elsewhere
-    assert _cli._hook_used_by_this_python(beside) == expected_beside
+    assert status._hook_used_by_this_python(elsewhere) == expected_elsewhere
+    assert status._hook_used_by_this_python(beside) == expected_beside

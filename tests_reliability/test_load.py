@@ -79,7 +79,7 @@ def test_processes_into_the_reference_daemon(
         [
             str(relenv.python),
             "-c",
-            "import popcon_site, six; popcon_site.current().reported = True",
+            "import popcon_site, six; popcon_site.stop_reporting()",
         ],
         env=variables,
         check=True,

@@ -209,7 +209,7 @@ def _breakdown():
     gone = [n for n in names if n not in sys.modules]
     t = clock(); files = r.module_files(loaded); out[f"module files: {len(loaded)} loaded"] = clock() - t
     t = clock(); r.module_files(gone, session.watcher.seen); out[f"module files: {len(gone)} never loaded (failed imports)"] = clock() - t
-    t = clock(); used = r.distributions(files, frozenset()); out["attribute (loads _attribute and the index when needed)"] = clock() - t
+    t = clock(); used = r.used_distributions(files, frozenset()); out["attribute (loads _attribution and the index when needed)"] = clock() - t
     t = clock(); payloads = r.datagrams(r.counter_lines(config.prefix, config.reports_name, used)); out["format lines"] = clock() - t
     t = clock(); address = r.literal_address(config.host, config.port); out["address (imports _socket)"] = clock() - t
     t = clock(); r.send_udp(address, payloads); out["send (socket, sendto, close)"] = clock() - t

@@ -5,6 +5,11 @@
 # activate() snapshots sys.modules, puts a name-noting finder first in sys.meta_path
 # and registers the exit report, which lives in popcon_site._report.
 #
+# It is also the bottom of the package's import graph: the vocabulary every other
+# module shares (variable names, defaults, true and false words, what an address
+# literal is, what a distribution's name looks like on the wire) lives here, so
+# that no module needs another one just for a constant (CONTRIBUTING.md).
+#
 # Every process pays for this file, so it stays small: comments rather than
 # docstrings (they are loaded with the bytecode), no `from __future__` (one more
 # module), and no import the interpreter has not made already, bar the built-in
@@ -15,7 +20,7 @@ import os
 import sys
 
 __version__ = "1.0.0"
-__all__ = ["activate", "setup_reporter"]
+__all__ = ["activate", "setup_reporter", "stop_reporting"]
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -23,7 +28,63 @@ if TYPE_CHECKING:
     from types import FrameType, ModuleType
     from typing import Any
 
+# -- the configuration vocabulary --------------------------------------------------
+# popcon_site.pth spells ENV_ENABLE and TRUE_WORDS out once more: it runs before any
+# import, in every process, enabled or not.
+
+ENV_ENABLE = "PYTHON_POPCONTEST_ENABLE"
+ENV_DEBUG = "PYTHON_POPCONTEST_DEBUG"
+ENV_HOST = "PYTHON_POPCONTEST_STATSD_HOST"
+ENV_PORT = "PYTHON_POPCONTEST_STATSD_PORT"
+ENV_PREFIX = "PYTHON_POPCONTEST_STATSD_PREFIX"
+ENV_PROTOCOL = "PYTHON_POPCONTEST_STATSD_PROTOCOL"
+ENV_INCLUDE = "PYTHON_POPCONTEST_INCLUDE"
+ENV_EXCLUDE = "PYTHON_POPCONTEST_EXCLUDE"
+ENV_RANK0_ONLY = "PYTHON_POPCONTEST_RANK0_ONLY"
+ENV_CACHE_DIR = "PYTHON_POPCONTEST_CACHE_DIR"
+
+DEFAULT_HOST = "localhost"
+DEFAULT_PORT = 8125
+DEFAULT_PREFIX = "python_popcon.library_used"
+DEFAULT_PROTOCOL = "udp"
+
 TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("", "0", "false", "no", "off")
+
+
+def is_true(value: "str | None") -> bool:
+    return value is not None and value.strip().lower() in TRUE_WORDS
+
+
+def is_literal_host(host: str) -> bool:
+    # localhost or an IP literal: no lookup needed.  Decided without importing socket;
+    # the exit report checks the literal with inet_pton and treats a failure as a name.
+    return host == "localhost" or ":" in host or host.replace(".", "").isdigit()
+
+
+# -- a distribution's name on the wire ------------------------------------------------
+
+MAX_NAME = 200  # PyPI has no longer names; caps what one line can cost.
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
+
+
+def normalize_name(name: str) -> str:
+    # PEP 503 normalization without ``re`` (not loaded in most processes at exit).
+    text = name.lower().replace("_", "-").replace(".", "-")
+    while "--" in text:
+        text = text.replace("--", "-")
+    return text
+
+
+def is_safe_name(name: str) -> bool:
+    # True for a normalized name that can only ever be one metric component.  Checked
+    # right before sending, whatever the index says, so metadata never injects a line.
+    return (
+        0 < len(name) <= MAX_NAME
+        and set(name) <= _NAME_CHARS
+        and name[0] != "-"
+        and name[-1] != "-"
+    )
 
 
 # A sys.meta_path finder that finds nothing and notes every name asked for:
@@ -72,9 +133,9 @@ def _called_from_site() -> bool:
 class Session:
     __slots__ = (
         "baseline",
+        "finished",
         "host_modules",
         "pid",
-        "reported",
         "resolution",
         "starting",
         "watcher",
@@ -86,7 +147,7 @@ class Session:
         self.starting = "site" in sys.modules and _called_from_site()
         self.watcher = ImportWatcher(self) if self.starting else _SteadyWatcher(self)
         self.pid = os.getpid()
-        self.reported = False
+        self.finished = False  # nothing more is sent: reported, or told to stop
         self.resolution: object = None  # a _resolve.Resolution when the host is a name
 
     def start_up_over(self) -> None:
@@ -150,8 +211,8 @@ def activate() -> bool:
     try:
         session = Session()
         _session = session
-        host = os.environ.get("PYTHON_POPCONTEST_STATSD_HOST", "localhost").strip()
-        if _needs_lookup(host):
+        host = os.environ.get(ENV_HOST, DEFAULT_HOST).strip()
+        if host and not is_literal_host(host):
             # Look the name up now, in the background: exit must never wait on DNS.
             from popcon_site import _resolve
 
@@ -168,6 +229,12 @@ def activate() -> bool:
         return False
 
 
+def stop_reporting() -> None:
+    """Send nothing from this process, ever (popcon-site's own CLI calls it)."""
+    if _session is not None:
+        _session.finished = True
+
+
 def setup_reporter() -> bool:
     """Same as activate(), under the name popularity_contest.reporter used."""
     return activate()
@@ -175,13 +242,8 @@ def setup_reporter() -> bool:
 
 def _startup_hook() -> None:
     # PEP 829 entry point (popcon_site.start, Python 3.15+), and the .pth line's target.
-    if os.environ.get("PYTHON_POPCONTEST_ENABLE", "").strip().lower() in TRUE_WORDS:
+    if is_true(os.environ.get(ENV_ENABLE)):
         activate()
-
-
-def _needs_lookup(host: str) -> bool:
-    # False for localhost and IP literals, decided without importing socket.
-    return not (host == "localhost" or ":" in host or not host or host.replace(".", "").isdigit())
 
 
 # What the interpreter's at-fork registry holds.  It keeps its callables until after
@@ -223,9 +285,9 @@ def _after_fork_in_child() -> None:
 
 def _at_exit() -> None:
     session = _session
-    if session is None or session.reported or session.pid != os.getpid():
+    if session is None or session.finished or session.pid != os.getpid():
         return
-    session.reported = True
+    session.finished = True
     try:
         import gc  # built in, and the standard library never counts
 

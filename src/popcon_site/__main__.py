@@ -6,7 +6,7 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    from popcon_site._cli import run
+    from popcon_site.cli import run
 
     return run(sys.argv[1:] if argv is None else argv)
 

@@ -16,6 +16,8 @@ import os
 import stat
 import sys
 
+from popcon_site import ENV_CACHE_DIR  # loaded already: the hook imported it
+
 FORMAT = "popcon-site-index 1"
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -59,60 +61,34 @@ class SiteIndex:
         return "\n".join(lines) + "\n"
 
 
-def fresh_index(site_dir: str) -> "tuple[SiteIndex | None, bool]":
-    # A fresh index for ``site_dir`` and whether it had to be built now.
-    #
-    # The environment's shared index (``popcon-site index --system``) is tried
-    # first, then the user's cache; failing both, it is built and cached.
-    stamp = stamp_of(site_dir)
-    if stamp is None:
-        return None, False
-    for directory in system_index_dirs():
-        found = load(directory, site_dir, stamp, shared=True)
-        if found is not None:
-            return found, False
-    cache_dir = user_cache_dir()
-    stale = None
-    if cache_dir is not None:
-        found = load(cache_dir, site_dir, stamp, shared=False)
-        if found is not None:
-            return found, False
-        stale = load(cache_dir, site_dir, None, shared=False)
-    from popcon_site._build import build
-
-    built = build(site_dir)
-    # A build in which most distributions failed says more about this process (sys.modules
-    # replaced, no file descriptors left...) than about the directory: never keep it.
-    if cache_dir is not None and built.stamp == stamp and built.complete:
-        save(built, cache_dir)
-    if stale is not None:
-        # Distributions removed while this process ran: what it imported from them still counts.
-        built.fallback = stale.owners
-    return built, True
-
-
 def parse(text: str, site_dir: str, stamp: "str | None") -> "SiteIndex | None":
     # The index in ``text`` if it is well formed and fresh for ``site_dir``, else None.
     #
     # ``stamp=None`` accepts an index of any age (the fallback for removed distributions).
+    return _parse(text, site_dir, stamp)[0]
+
+
+def _parse(text: str, site_dir: str, stamp: "str | None") -> "tuple[SiteIndex | None, str]":
+    # (index, "") or (None, why it was refused).
     lines = text.split("\n")
     if len(lines) < 5 or lines[0] != FORMAT or lines[1] != site_dir:
-        return None
+        return None, "not an index of this site directory"
     if stamp is not None and lines[2] != stamp:
-        return None
+        return None, "STALE: built before the last install or uninstall"
     if lines.pop() != "" or not lines[3].isdigit():
-        return None
+        return None, "malformed"
     end_of_roots = 4 + 2 * int(lines[3])
     if end_of_roots > len(lines) or (len(lines) - end_of_roots) % 2:
-        return None
+        return None, "malformed"
     roots = lines[4:end_of_roots]
     owners = lines[end_of_roots:]
-    return SiteIndex(
+    index = SiteIndex(
         site_dir,
         lines[2],
         dict(zip(owners[::2], owners[1::2])),
         dict(zip(roots[::2], roots[1::2])),
     )
+    return index, ""
 
 
 def stamp_of(site_dir: str) -> "str | None":
@@ -135,7 +111,7 @@ def file_name(site_dir: str) -> str:
 def user_cache_dir(environ: "Mapping[str, str] | None" = None) -> "str | None":
     # ``$PYTHON_POPCONTEST_CACHE_DIR``, else ``$XDG_CACHE_HOME/popcon-site``, else ~/.cache.
     env = os.environ if environ is None else environ
-    explicit = env.get("PYTHON_POPCONTEST_CACHE_DIR")
+    explicit = env.get(ENV_CACHE_DIR)
     if explicit:
         return explicit if os.path.isabs(explicit) else None
     xdg = env.get("XDG_CACHE_HOME")
@@ -161,6 +137,13 @@ def system_index_dirs() -> "list[str]":
 
 def load(directory: str, site_dir: str, stamp: "str | None", shared: bool) -> "SiteIndex | None":
     # Read a fresh index for ``site_dir`` from ``directory``; None if absent, stale or bad.
+    return read(directory, site_dir, stamp, shared)[0]
+
+
+def read(
+    directory: str, site_dir: str, stamp: "str | None", shared: bool
+) -> "tuple[SiteIndex | None, str]":
+    # (index, "") or (None, why not): ``status`` shows the reason a process has.
     #
     # A user cache file must belong to this user; a shared (system) one to root,
     # this user or the owner of the directory it sits in.  Symlinks are refused.
@@ -169,20 +152,22 @@ def load(directory: str, site_dir: str, stamp: "str | None", shared: bool) -> "S
         # O_NONBLOCK: opening a FIFO planted at this path must not wait for a writer.
         flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0)
         fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0))
-    except (OSError, ValueError):
-        return None
+    except (OSError, ValueError) as exc:
+        if os.path.islink(path):
+            return None, "refused: a symbolic link"
+        return None, f"unreadable: {getattr(exc, 'strerror', None) or exc}"
     try:
         info = os.fstat(fd)
         trusted = {os.geteuid()}
         if shared:
             trusted.add(0)
             trusted.add(os.stat(directory).st_uid)
-        if (
-            not stat.S_ISREG(info.st_mode)
-            or info.st_uid not in trusted
-            or info.st_size > MAX_INDEX_BYTES
-        ):
-            return None
+        if not stat.S_ISREG(info.st_mode):
+            return None, "refused: not a regular file"
+        if info.st_uid not in trusted:
+            return None, f"refused: owned by uid {info.st_uid}, whom this user does not trust"
+        if info.st_size > MAX_INDEX_BYTES:
+            return None, f"refused: larger than {MAX_INDEX_BYTES // 1024 // 1024} MiB"
         chunks = []
         remaining = info.st_size + 1
         while remaining > 0:
@@ -192,14 +177,14 @@ def load(directory: str, site_dir: str, stamp: "str | None", shared: bool) -> "S
             chunks.append(chunk)
             remaining -= len(chunk)
         text = b"".join(chunks).decode("utf-8", "surrogateescape")
-    except (OSError, ValueError):
-        return None
+    except (OSError, ValueError) as exc:
+        return None, f"unreadable: {getattr(exc, 'strerror', None) or exc}"
     finally:
         os.close(fd)
     try:
-        return parse(text, site_dir, stamp)
+        return _parse(text, site_dir, stamp)
     except (ValueError, MemoryError):
-        return None
+        return None, "malformed"
 
 
 def save(index: "SiteIndex", directory: str, shared: bool = False) -> bool:

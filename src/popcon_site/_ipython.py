@@ -14,7 +14,7 @@ def exclude_kernel_machinery() -> None:
     the submodules IPython or ipykernel import later never count; a cell's
     ``import dateutil.parser`` does not count when the kernel uses dateutil.
     """
-    if os.environ.get("PYTHON_POPCONTEST_ENABLE", "").strip().lower() not in popcon_site.TRUE_WORDS:
+    if not popcon_site.is_true(os.environ.get(popcon_site.ENV_ENABLE)):
         return
     if popcon_site.activate():
         session = popcon_site.current()

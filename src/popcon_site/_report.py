@@ -1,19 +1,39 @@
 # Exit half of popcon-site: read the configuration, find the files of the imported
-# modules, send counters.
+# modules, send counters.  Also the one home of the wire format: counter_lines() and
+# datagrams() write it, parse_lines() reads it back (``watch``, the inventory script
+# and the tests use these, never a parser of their own).
 #
 # Imported once per process, at exit, after the imported names were
 # snapshotted, so its own imports (``_socket``, and ``importlib_metadata`` or
 # ``statsd`` when it needs them) are never counted.  This module holds only what
-# every report needs; a process that imported nothing from outside the standard
-# library loads nothing else.  Attribution (``_attribute``, ``_index``), the admin's
-# selections (``_select``) and TCP (``_tcp``) load only when needed: each module
-# import costs ~0.2 ms here, plus ~10 us per KB of bytecode.
+# every report needs, in one file: a process that imported nothing from outside
+# the standard library loads nothing else (each module import costs ~0.2 ms here,
+# plus ~10 us per KB of bytecode).  Attribution (``_attribution``), the admin's
+# selections (``_select``) and TCP (``_tcp``) load only when needed.
 # No ``from __future__`` import: that alone would cost another module import.
 
 import os
 import sys
 
-from popcon_site import TRUE_WORDS  # loaded already: the hook imported it
+# Loaded already: the hook imported it.
+from popcon_site import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    DEFAULT_PREFIX,
+    DEFAULT_PROTOCOL,
+    ENV_DEBUG,
+    ENV_EXCLUDE,
+    ENV_HOST,
+    ENV_INCLUDE,
+    ENV_PORT,
+    ENV_PREFIX,
+    ENV_PROTOCOL,
+    ENV_RANK0_ONLY,
+    FALSE_WORDS,
+    TRUE_WORDS,
+    is_safe_name,
+    is_true,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -23,23 +43,6 @@ if TYPE_CHECKING:
     from popcon_site._resolve import Address
 
 # -- configuration --------------------------------------------------------------
-
-ENV_ENABLE = "PYTHON_POPCONTEST_ENABLE"
-ENV_DEBUG = "PYTHON_POPCONTEST_DEBUG"
-ENV_HOST = "PYTHON_POPCONTEST_STATSD_HOST"
-ENV_PORT = "PYTHON_POPCONTEST_STATSD_PORT"
-ENV_PREFIX = "PYTHON_POPCONTEST_STATSD_PREFIX"
-ENV_PROTOCOL = "PYTHON_POPCONTEST_STATSD_PROTOCOL"
-ENV_INCLUDE = "PYTHON_POPCONTEST_INCLUDE"
-ENV_EXCLUDE = "PYTHON_POPCONTEST_EXCLUDE"
-ENV_RANK0_ONLY = "PYTHON_POPCONTEST_RANK0_ONLY"
-
-DEFAULT_HOST = "localhost"
-DEFAULT_PORT = 8125
-DEFAULT_PREFIX = "python_popcon.library_used"
-DEFAULT_PROTOCOL = "udp"
-
-FALSE_WORDS = ("", "0", "false", "no", "off")
 
 _PREFIX_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 _MAX_PREFIX = 200
@@ -94,10 +97,6 @@ class Config:
         if self.include and not matches_any(name, self.include):
             return False
         return not matches_any(name, self.exclude)
-
-
-def is_true(value: "str | None") -> bool:
-    return value is not None and value.strip().lower() in TRUE_WORDS
 
 
 def reports_name_for(prefix: str) -> str:
@@ -254,7 +253,7 @@ def module_files(names: "Iterable[str]", seen: "Iterable[str]" = ()) -> "set[str
 
 
 def _locate(name: str) -> "str | None":
-    from popcon_site._attribute import locate_unloaded
+    from popcon_site._attribution import locate_unloaded
 
     return locate_unloaded(name)
 
@@ -306,21 +305,6 @@ def _listed_in(top: str, listings: "list[object]") -> bool:
 
 # The statsd client's pipeline default: a payload that fits any sane MTU.
 MAX_DATAGRAM = 512
-MAX_NAME = 200  # PyPI has no longer names; caps what one line can cost.
-_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
-
-
-def is_safe_name(name: str) -> bool:
-    # True for a normalized name that can only ever be one metric component.
-    #
-    # Checked right before sending, whatever the index says, so that metadata
-    # can never inject a statsd line.
-    return (
-        0 < len(name) <= MAX_NAME
-        and set(name) <= _NAME_CHARS
-        and name[0] != "-"
-        and name[-1] != "-"
-    )
 
 
 def counter_lines(
@@ -331,6 +315,13 @@ def counter_lines(
     if with_reports:
         lines.append(f"{reports_name}:1|c")
     return lines
+
+
+def _is_metric_name(name: str) -> bool:
+    return bool(name) and set(name) <= _METRIC_CHARS
+
+
+_METRIC_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 
 
 def in_main_interpreter() -> bool:
@@ -357,6 +348,28 @@ def datagrams(lines: "list[str]", max_size: int = MAX_DATAGRAM) -> "list[bytes]"
             data += "\n" + line
     payloads.append(data)
     return [payload.encode("ascii") for payload in payloads]
+
+
+def installed_gauge_lines(prefix: str, names: "Iterable[str]") -> "list[str]":
+    # deploy/inventory's ``<PARENT>.library_installed.<name>:1|g``, PARENT as for reports.
+    base = reports_name_for(prefix)[: -len("reports")] + "library_installed"
+    return [f"{base}.{name}:1|g" for name in sorted(set(names)) if is_safe_name(name)]
+
+
+def parse_lines(payloads: "Iterable[bytes]") -> "tuple[dict[str, int], list[str]]":
+    # Read datagrams back: (counter name -> sum of its values, lines that are not
+    # counters).  The reader of what counter_lines() and datagrams() write.
+    counts: dict[str, int] = {}
+    other: list[str] = []
+    for payload in payloads:
+        for line in payload.decode("ascii", "replace").split("\n"):
+            name, colon, rest = line.rpartition(":")
+            value, bar, kind = rest.partition("|")
+            if colon and bar and kind == "c" and value.isdigit() and _is_metric_name(name):
+                counts[name] = counts.get(name, 0) + int(value)
+            elif line:
+                other.append(line)
+    return counts, other
 
 
 def literal_address(host: str, port: int) -> "Address | None":
@@ -403,7 +416,7 @@ def send_udp(address: "Address", payloads: "list[bytes]") -> int:
 NETWORK_BUDGET = 0.15  # the host process may exit at most 0.25 s late
 
 
-def report(session: "Session", names: "set[str]") -> str:
+def attribute_and_send(session: "Session", names: "set[str]") -> str:
     # Attribute and send; returns the one-line summary shown in debug mode.
     try:
         config = config_from_environ()
@@ -415,7 +428,7 @@ def report(session: "Session", names: "set[str]") -> str:
         job_rank = rank(os.environ)
         if job_rank:
             return f"not reporting: rank {job_rank} of a job ({ENV_RANK0_ONLY}: rank 0 reports)"
-    used = distributions(module_files(names, session.watcher.seen), session.host_modules)
+    used = used_distributions(module_files(names, session.watcher.seen), session.host_modules)
     if config.include or config.exclude:
         used = {name for name in used if config.allows(name)}
     # A subinterpreter sends what it imported; the process is counted once, by the main one.
@@ -455,16 +468,16 @@ def report(session: "Session", names: "set[str]") -> str:
     return f"sent {summary} + reports to {target} in {sent} datagram(s)"
 
 
-def distributions(files: "set[str]", host_modules: "frozenset[str]") -> "set[str]":
+def used_distributions(files: "set[str]", host_modules: "frozenset[str]") -> "set[str]":
     # The distributions owning these files, less an IPython kernel's own (host_modules).
     if not files:
         return set()  # only the standard library: the attribution code never loads
-    from popcon_site._attribute import Attributor
+    from popcon_site._attribution import Attributor
 
     attributor = Attributor.for_this_process()
-    used = attributor.distributions(files)
+    used = attributor.owners(files)
     if host_modules:
-        used -= attributor.distributions(module_files(host_modules))
+        used -= attributor.owners(module_files(host_modules))
     return used
 
 
@@ -479,7 +492,7 @@ def _format_address(address: "Address") -> str:
 def at_exit(session: "Session", names: "set[str]") -> None:
     # Report, print the debug line if asked, and keep an unhandled Ctrl-C's exit.
     try:
-        summary = report(session, names)
+        summary = attribute_and_send(session, names)
     except BaseException as exc:  # never let the host process see it
         summary = f"report failed: {type(exc).__name__}: {exc}"
     if is_true(os.environ.get(ENV_DEBUG)):

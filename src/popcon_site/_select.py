@@ -1,10 +1,9 @@
 # Which distributions and which processes an admin chose to report.
 #
 # PYTHON_POPCONTEST_INCLUDE / _EXCLUDE (names or fnmatch patterns) and
-# PYTHON_POPCONTEST_RANK0_ONLY.  Imported at exit only when one of them is set,
-# and by the index builder and the CLI for the name normalization.
+# PYTHON_POPCONTEST_RANK0_ONLY.  Imported at exit only when one of them is set.
 
-from popcon_site._report import MAX_NAME  # loaded already wherever this module is
+from popcon_site import MAX_NAME, normalize_name  # loaded already: the hook imported it
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -20,14 +19,6 @@ RANK_VARIABLES = (
 )
 
 _PATTERN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-*?[]!")
-
-
-def normalize_name(name: str) -> str:
-    # PEP 503 normalization without ``re`` (not loaded in most processes at exit).
-    text = name.lower().replace("_", "-").replace(".", "-")
-    while "--" in text:
-        text = text.replace("--", "-")
-    return text
 
 
 def parse_patterns(raw: str) -> "tuple[str, ...]":

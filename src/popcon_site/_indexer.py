@@ -1,4 +1,4 @@
-"""Build the index of one site directory from installed metadata (importlib-metadata).
+"""Builds the index of one site directory from installed metadata (importlib-metadata).
 
 Runs only when no fresh index exists: after an install, or the first time.
 Costs tens of milliseconds for a hundred distributions; every process after
@@ -11,9 +11,8 @@ import csv
 import os
 from collections import defaultdict
 
+from popcon_site import is_safe_name, normalize_name
 from popcon_site._index import SiteIndex, stamp_of
-from popcon_site._report import is_safe_name
-from popcon_site._select import normalize_name
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -22,7 +21,7 @@ if TYPE_CHECKING:
     Distribution = Any  # importlib-metadata's Distribution or its IDistribution protocol
 
 _METADATA_DIR_SUFFIXES = (".dist-info", ".egg-info", ".data")
-_MODULE_SUFFIXES = (".py", ".pyc", ".so", ".pyd", ".pyw")
+MODULE_SUFFIXES = (".py", ".pyc", ".so", ".pyd", ".pyw")
 
 Parts = tuple[str, ...]
 
@@ -40,7 +39,7 @@ def build(site_dir: str) -> SiteIndex:
     for dist in distributions(path=[site_dir]):
         total += 1
         try:
-            name = normalize_name(_name(dist))
+            name = normalize_name(distribution_name(dist))
             if not is_safe_name(name):
                 continue
             installed = _installed_paths(dist)
@@ -88,7 +87,7 @@ def shortest_unique_prefixes(owned: dict[Parts, str]) -> dict[str, str]:
     return result
 
 
-def _name(dist: Distribution) -> str:
+def distribution_name(dist: Distribution) -> str:
     """The Name header, read directly: the email parser behind ``dist.metadata``
     costs more than everything else the build does."""
     text = dist.read_text("METADATA") or dist.read_text("PKG-INFO") or ""
@@ -133,7 +132,7 @@ def _top_level_paths(dist: Distribution, listing: list[str]) -> list[Parts]:
     paths: list[Parts] = []
     for entry in listing:
         module = entry.split(".", 1)[0]
-        is_module_file = entry != module and entry.endswith(_MODULE_SUFFIXES)
+        is_module_file = entry != module and entry.endswith(MODULE_SUFFIXES)
         if module in names and (entry == module or is_module_file):
             paths.append((entry,))
     return paths

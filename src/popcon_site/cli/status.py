@@ -1,0 +1,236 @@
+"""``popcon-site status``: the start-up hook, configuration and index of this environment."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import popcon_site
+from popcon_site import (
+    ENV_ENABLE,
+    __version__,
+    _attribution,
+    _index,
+    _installed,
+    is_literal_host,
+    is_true,
+)
+from popcon_site._report import Config, ConfigError, config_from_environ, literal_address
+from popcon_site.cli._output import EXIT_OK, age, print_json, table
+
+HELP = "start-up hook, configuration and index of this environment"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    pass
+
+
+IPYTHON_STARTUP = os.path.join("etc", "ipython", "startup", "00-popcon-site.py")
+
+
+START_FILE_NOTE = (
+    "note: a .start file makes site import pkgutil in every process, reporting on or off"
+    " (~12 ms on 3.15 here); on 3.15-3.17, deleting popcon_site.start brings back the"
+    " cheaper .pth hook (README, Limitations)"
+)
+
+
+def _hook_used_by_this_python(files: list[str]) -> str:
+    # 3.15-3.17 run a .pth's import lines unless a .start of the same name is beside
+    # it (PEP 829); 3.18 ignores them.  Admins may delete the .start on 3.15-3.17: it
+    # makes site import pkgutil in every process (README, Limitations).
+    if sys.version_info >= (3, 18):
+        return "popcon_site.start"
+    names = set(files)
+    pth_alone = any(
+        f.endswith(os.sep + "popcon_site.pth") and f[: -len("pth")] + "start" not in names
+        for f in files
+    )
+    if sys.version_info >= (3, 15) and not pth_alone:
+        return "popcon_site.start"
+    return "popcon_site.pth"
+
+
+def run(args: argparse.Namespace) -> int:
+    site_dirs = _attribution.site_dirs()
+    user_site = _installed.user_site()
+    hooks = []
+    for directory in site_dirs:
+        for name, role in (
+            ("popcon_site.pth", "start-up hook, Python 3.9-3.17 when no .start is beside it"),
+            ("popcon_site.start", "start-up hook, Python 3.15+ (PEP 829)"),
+        ):
+            path = os.path.join(directory, name)
+            if os.path.isfile(path):
+                hooks.append({"file": path, "role": role})
+    ipython = os.path.join(sys.prefix, IPYTHON_STARTUP)
+    if os.path.isfile(ipython):
+        hooks.append({"file": ipython, "role": "IPython start-up file, for Jupyter kernels"})
+    hook_file = _hook_used_by_this_python([h["file"] for h in hooks])
+    hook_installed = any(os.path.basename(h["file"]) == hook_file for h in hooks)
+
+    raw_enable = os.environ.get(ENV_ENABLE)
+    enabled = is_true(raw_enable)
+    active = popcon_site.current() is not None
+    try:
+        config: Config | None = config_from_environ()
+        config_error = None
+    except ConfigError as exc:
+        config, config_error = None, str(exc)
+    resolution = None if config is None else _resolution(config.host)
+
+    cache_dir = _index.user_cache_dir()
+    now = time.time()
+    indexes = [_index_state(d, cache_dir, now, d == user_site) for d in site_dirs]
+
+    data = {
+        "python": {
+            "executable": sys.executable,
+            "version": sys.version.split()[0],
+            "prefix": sys.prefix,
+        },
+        "popcon_site": {"version": __version__, "module": os.path.dirname(popcon_site.__file__)},
+        "hook": {"installed": hook_installed, "used_by_this_python": hook_file, "files": hooks},
+        "enabled_in_this_shell": enabled,
+        "enable_variable": raw_enable,
+        "hook_ran_in_this_process": active,
+        "config": None
+        if config is None
+        else {
+            "host": config.host,
+            "port": config.port,
+            "protocol": config.protocol,
+            "prefix": config.prefix,
+            "reports_metric": config.reports_name,
+            "include": list(config.include),
+            "exclude": list(config.exclude),
+            "rank0_only": config.rank0_only,
+            "debug": config.debug,
+        },
+        "config_error": config_error,
+        "host_resolves": None if resolution is None else resolution[0],
+        "host_resolution": None if resolution is None else resolution[1],
+        "user_cache_dir": cache_dir,
+        "system_index_dirs": _index.system_index_dirs(),
+        "indexes": indexes,
+    }
+    if args.json:
+        print_json(data)
+        return EXIT_OK
+
+    rows: list[list[str]] = []
+
+    def row(key: str, value: str) -> None:
+        rows.append([key, value])
+
+    row("python", f"{sys.executable} {sys.version.split()[0]}, prefix {sys.prefix}")
+    row("popcon-site", f"{__version__} in {os.path.dirname(popcon_site.__file__)}")
+    if hook_installed:
+        row("hook", f"installed ({hook_file} is the one this Python runs)")
+    else:
+        row("hook", f"NOT INSTALLED: no {hook_file} in any site directory of this Python")
+    for hook in hooks:
+        row("", f"{hook['file']}  [{hook['role']}]")
+    if hook_file == "popcon_site.start" and sys.version_info < (3, 18):
+        row("", START_FILE_NOTE)
+    if enabled:
+        state = "yes" + (
+            ", and the hook ran in this process"
+            if active
+            else ", but the hook did NOT run in this process"
+        )
+    elif raw_enable is None:
+        state = f"no ({ENV_ENABLE} is not set)"
+    else:
+        state = f"no ({ENV_ENABLE}={raw_enable!r})"
+    row("enabled", state)
+    if config is None:
+        row("config", f"INVALID, nothing is sent: {config_error}")
+    else:
+        assert resolution is not None
+        row("statsd", f"{config.host}:{config.port} over {config.protocol}")
+        row("host", resolution[1])
+        row("metrics", f"{config.prefix}.<distribution>:1|c, {config.reports_name}:1|c")
+        filters = []
+        if config.include:
+            filters.append("only " + ",".join(config.include))
+        if config.exclude:
+            filters.append("never " + ",".join(config.exclude))
+        if config.rank0_only:
+            filters.append("only rank 0 of MPI/Slurm jobs")
+        row("filters", "; ".join(filters) if filters else "none (every distribution is counted)")
+    row("user cache", cache_dir or "none usable (indexes are built in memory)")
+    for entry in indexes:
+        row("index", f"{entry['site_dir']}{' (user site)' if entry['user_site'] else ''}")
+        row("", str(entry["summary"]))
+    print(table(rows, indent=""))
+    return EXIT_OK
+
+
+def _resolution(host: str) -> tuple[bool, str]:
+    """Whether the statsd host resolves, decided as a reporting process does (max 2 s)."""
+    from popcon_site import _resolve
+
+    if host == "localhost":
+        return True, "localhost = 127.0.0.1 (no lookup, as the statsd client does)"
+    if literal_address(host, 0) is not None:
+        return True, "an IP address (no lookup)"
+    if is_literal_host(host):
+        return False, f"{host!r} is neither an IP address nor a host name: processes send nothing"
+    found = _resolve.Resolution(host).wait(2.0)
+    if found is None:
+        return False, (
+            f"{host!r} does NOT resolve (or not within 2 s): processes send nothing; "
+            "an IP address avoids the lookup"
+        )
+    return True, f"resolves to {found[1][0]} (looked up in each process; an IP address is faster)"
+
+
+def _index_state(
+    site_dir: str, cache_dir: str | None, now: float, user_site: bool
+) -> dict[str, object]:
+    """Which index a process would use for this site directory, and any stale ones."""
+    stamp = _index.stamp_of(site_dir)
+    places = [(d, "system") for d in _index.system_index_dirs()]
+    if cache_dir is not None:
+        places.append((cache_dir, "user cache"))
+    used: dict[str, object] | None = None
+    stale = []
+    for directory, scope in places:
+        path = os.path.join(directory, _index.file_name(site_dir))
+        try:
+            built_at = os.stat(path).st_mtime
+        except OSError:
+            continue
+        if stamp is None:
+            found, reason = None, "the site directory cannot be read"
+        else:
+            found, reason = _index.read(directory, site_dir, stamp, shared=scope == "system")
+        if found is None:
+            stale.append({"file": path, "scope": scope, "built_at": built_at, "reason": reason})
+        elif used is None:
+            used = {
+                "file": path,
+                "scope": scope,
+                "built_at": built_at,
+                "age_seconds": round(now - built_at, 1),
+                "distributions": len(set(found.owners.values()) | set(found.roots.values())),
+            }
+    if used is not None:
+        summary = (
+            f"fresh {used['scope']} index, {used['distributions']} distributions, "
+            f"built {age(float(str(used['age_seconds'])))}: {used['file']}"
+        )
+    else:
+        summary = "no fresh index: the next reporting process builds one (or run popcon-site index)"
+    for old in stale:
+        summary += f"; ignored {old['scope']} index ({old['reason']}): {old['file']}"
+    return {
+        "site_dir": site_dir,
+        "user_site": user_site,
+        "fresh": used,
+        "stale": stale,
+        "summary": summary,
+    }
