@@ -496,6 +496,13 @@ def run_probes(
         )
         shutil.rmtree(WORK / "callgrind", ignore_errors=True)
 
+    log("modules loaded")
+    spec = next(s for s in SPECS if s.name == "real130")
+    loaded = probes.modules_loaded(
+        built["real130"]["popcon"].python, child_environ(sink, spec), WORK / "cache" / "modules"
+    )
+    sink.drain(wait=0.2)
+
     log("profiles of the exit hook")
     profile_dir = RESULTS / "profile"
     shutil.rmtree(profile_dir, ignore_errors=True)
@@ -525,7 +532,7 @@ def run_probes(
             python, _argv("rich", scripts), cold_env, profile_dir / f"{spec.name}-rich-cold.txt"
         )
         sink.drain(wait=0.2)
-    return {"rows": rows, "callgrind": callgrind}
+    return {"rows": rows, "callgrind": callgrind, "modules_loaded": loaded}
 
 
 # What any start-up hook costs before popcon-site does anything: each a venv with one .pth.

@@ -176,6 +176,18 @@ def render(results: Json) -> str:
         [name, spread(value, 3), unit, note] for name, (value, unit, note) in probes["rows"].items()
     ]
     out += table(["probe", "value", "unit", "what"], p_rows, right={1})
+    if probes.get("modules_loaded"):
+        out.append("")
+        out += ["Modules loaded by popcon-site (real130, new entries of sys.modules; exact)"]
+        m_rows = [
+            [
+                when,
+                str(len(names)),
+                " ".join(n for n in names if n.startswith("popcon_site")) or "-",
+            ]
+            for when, names in probes["modules_loaded"].items()
+        ]
+        out += table(["when", "modules", "of popcon-site"], m_rows, right={1})
     if probes.get("callgrind"):
         out.append("")
         out += [

@@ -243,3 +243,43 @@ def exit_breakdown(python: str, script: str, env: dict[str, str], runs: int) -> 
             rows.setdefault(key, []).append(value)
     text = [f"{key:55} {median(v):8.0f} us" for key, v in rows.items()]
     return "\n".join([*text, f"names never loaded: {gone[5:]}"])
+
+
+# What popcon-site adds to sys.modules: at start-up (enabled vs off), and in its exit
+# hook for three kinds of process.  Module counts are exact, unlike times: CONTRIBUTING.md
+# asks every change to the start-up or exit path to keep them the same or lower.
+_LIST_MODULES = "import sys; print(' '.join(sorted(sys.modules)))"
+_EXIT_MODULES = """\
+import atexit, sys, popcon_site
+{body}
+atexit.unregister(popcon_site._at_exit)
+before = set(sys.modules)
+popcon_site._at_exit()
+print(' '.join(sorted(set(sys.modules) - before)))
+"""
+
+
+def modules_loaded(python: str, env: dict[str, str], cold_cache: Path) -> dict[str, list[str]]:
+    """Module names popcon-site loads: start-up, exit stdlib-only, cold index, warm index."""
+
+    def names(code: str, extra: dict[str, str]) -> set[str]:
+        done = subprocess.run(
+            [python, "-c", code], env=dict(env, **extra), capture_output=True, text=True, check=True
+        )
+        return set(done.stdout.split())
+
+    on = {"PYTHON_POPCONTEST_ENABLE": "1"}
+    found = {
+        "start-up": sorted(
+            names(_LIST_MODULES, on) - names(_LIST_MODULES, {"PYTHON_POPCONTEST_ENABLE": "0"})
+        )
+    }
+    shutil.rmtree(cold_cache, ignore_errors=True)
+    cold = dict(on, PYTHON_POPCONTEST_CACHE_DIR=str(cold_cache))
+    for label, body, extra in (
+        ("exit, stdlib only", "import json", on),
+        ("exit, cold index", "import yaml", cold),
+        ("exit, warm index", "import yaml", cold),
+    ):
+        found[label] = sorted(names(_EXIT_MODULES.format(body=body), extra))
+    return found
