@@ -127,14 +127,17 @@ def test_datagrams_are_byte_identical_to_the_statsd_pipeline(count: int) -> None
 
 def test_shortest_unique_prefixes() -> None:
     owned = {
-        ("yaml", "__init__.py"): "pyyaml",
-        ("yaml", "loader.py"): "pyyaml",
-        ("_yaml", "__init__.py"): "pyyaml",
-        ("six.py",): "six",
-        ("google", "protobuf", "__init__.py"): "protobuf",
-        ("google", "protobuf", "message.py"): "protobuf",
-        ("google", "api", "http_pb2.py"): "googleapis-common-protos",
-        ("google", "_upb", "_message.so"): "protobuf",
+        parts: {owner}
+        for parts, owner in {
+            ("yaml", "__init__.py"): "pyyaml",
+            ("yaml", "loader.py"): "pyyaml",
+            ("_yaml", "__init__.py"): "pyyaml",
+            ("six.py",): "six",
+            ("google", "protobuf", "__init__.py"): "protobuf",
+            ("google", "protobuf", "message.py"): "protobuf",
+            ("google", "api", "http_pb2.py"): "googleapis-common-protos",
+            ("google", "_upb", "_message.so"): "protobuf",
+        }.items()
     }
     assert shortest_unique_prefixes(owned) == {
         "yaml": "pyyaml",
@@ -143,6 +146,20 @@ def test_shortest_unique_prefixes() -> None:
         "google/protobuf": "protobuf",
         "google/_upb": "protobuf",
         "google/api": "googleapis-common-protos",
+    }
+
+
+def test_a_file_several_distributions_list_counts_for_none() -> None:
+    # backports.tarfile and backports.functools-lru-cache both list backports/__init__.py.
+    owned = {
+        ("backports", "__init__.py"): {"backports-tarfile", "backports-functools-lru-cache"},
+        ("backports", "tarfile", "__init__.py"): {"backports-tarfile"},
+        ("backports", "functools_lru_cache.py"): {"backports-functools-lru-cache"},
+        ("lazr",): {"lazr-uri", "lazr-restfulclient"},  # both top_level.txt say lazr
+    }
+    assert shortest_unique_prefixes(owned) == {
+        "backports/tarfile": "backports-tarfile",
+        "backports/functools_lru_cache.py": "backports-functools-lru-cache",
     }
 
 

@@ -56,9 +56,24 @@ def is_true(value: "str | None") -> bool:
     return value is not None and value.strip().lower() in TRUE_WORDS
 
 
+def split_host_port(raw: str) -> "tuple[str, str | None]":
+    # PYTHON_POPCONTEST_STATSD_HOST as admins write it: ``host``, ``host:port``,
+    # ``[v6]``, ``[v6]:port`` or a bare IPv6 address -> (host, port text or None).
+    text = raw.strip()
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if bracket and rest[:1] == ":":
+            return host, rest[1:]
+        return (host, None) if bracket and not rest else (text, None)
+    host, colon, port = text.rpartition(":")
+    if colon and ":" not in host:
+        return host, port
+    return text, None
+
+
 def is_literal_host(host: str) -> bool:
-    # localhost or an IP literal: no lookup needed.  Decided without importing socket;
-    # the exit report checks the literal with inet_pton and treats a failure as a name.
+    # localhost or an IP literal (host part only): no lookup needed.  Decided without
+    # importing socket; the exit report checks it with inet_pton, a failure is an error.
     return host == "localhost" or ":" in host or host.replace(".", "").isdigit()
 
 
@@ -211,7 +226,7 @@ def activate() -> bool:
     try:
         session = Session()
         _session = session
-        host = os.environ.get(ENV_HOST, DEFAULT_HOST).strip()
+        host = split_host_port(os.environ.get(ENV_HOST, DEFAULT_HOST))[0]
         if host and not is_literal_host(host):
             # Look the name up now, in the background: exit must never wait on DNS.
             from popcon_site import _resolve
@@ -242,8 +257,27 @@ def setup_reporter() -> bool:
 
 def _startup_hook() -> None:
     # PEP 829 entry point (popcon_site.start, Python 3.15+), and the .pth line's target.
-    if is_true(os.environ.get(ENV_ENABLE)):
+    # The .pth line calls it for any value but the false words: a value that is neither
+    # gets its one-line reason in debug mode instead of silence.
+    global _enable_problem_said
+    value = os.environ.get(ENV_ENABLE, "")
+    if is_true(value):
         activate()
+    elif value.strip().lower() not in FALSE_WORDS and is_true(os.environ.get(ENV_DEBUG)):
+        if _enable_problem_said:  # a venv reads its .pth files twice (cpython#75723)
+            return
+        _enable_problem_said = True
+        try:
+            os.write(2, f"popcon-site: not reporting: {enable_problem(value)}\n".encode())
+        except BaseException:
+            pass
+
+
+_enable_problem_said = False
+
+
+def enable_problem(value: str) -> str:
+    return f"{ENV_ENABLE}={value[:40]!a} is not one of 1/true/yes/on (0/false/no/off: off)"
 
 
 # What the interpreter's at-fork registry holds.  It keeps its callables until after

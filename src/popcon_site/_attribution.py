@@ -69,10 +69,11 @@ def locate_unloaded(name: str) -> "str | None":
 
 
 def site_dirs() -> "list[str]":
-    # The site directories of this interpreter (environment, base when visible, user site).
-    #
-    # Also any ``site-packages`` / ``dist-packages`` directory on ``sys.path``:
-    # with ``-S`` or in an embedded interpreter the program adds them itself.
+    # The directories whose distributions are counted: this interpreter's site
+    # directories (environment, base when visible, user site), any ``site-packages`` /
+    # ``dist-packages`` directory on ``sys.path`` (``-S``, embedded interpreters,
+    # PYTHONPATH), and any other ``sys.path`` directory that holds distribution
+    # metadata (``pip install --target DIR`` put on PYTHONPATH, as module trees do).
     dirs = [
         entry
         for entry in sys.path
@@ -86,12 +87,30 @@ def site_dirs() -> "list[str]":
             dirs.append(site.getusersitepackages())
     except Exception:
         pass
+    dirs += _metadata_dirs_on_path()
     unique: list[str] = []
     for directory in dirs:
         directory = os.path.normpath(directory)
         if directory not in unique and os.path.isdir(directory):
             unique.append(directory)
     return unique
+
+
+def _metadata_dirs_on_path() -> "list[str]":
+    # sys.path directories holding a *.dist-info or *.egg-info entry, told from the
+    # listings the import system already cached (no system call); the standard
+    # library's own directories are left out.
+    stdlib = stdlib_dir()
+    found = []
+    for entry in sys.path:
+        if not isinstance(entry, str) or not entry or entry == stdlib:
+            continue
+        listing = getattr(sys.path_importer_cache.get(entry), "_path_cache", None)
+        if isinstance(listing, (set, frozenset)) and any(
+            name.endswith((".dist-info", ".egg-info")) for name in listing
+        ):
+            found.append(entry)
+    return found
 
 
 def stdlib_dir() -> "str | None":

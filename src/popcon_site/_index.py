@@ -127,12 +127,31 @@ def user_cache_dir(environ: "Mapping[str, str] | None" = None) -> "str | None":
 
 
 def system_index_dirs() -> "list[str]":
-    # Where ``popcon-site index --system`` writes: inside the environment, for all users.
-    dirs = [os.path.join(sys.prefix, SYSTEM_INDEX_SUBDIR)]
-    base = os.path.join(sys.base_prefix, SYSTEM_INDEX_SUBDIR)
-    if base not in dirs:
-        dirs.append(base)
+    # Where ``popcon-site index --system`` writes (the first), then where earlier
+    # releases wrote: under the prefix popcon-site is installed in, which pip chose
+    # for this interpreter (``/usr/local`` for Debian's system Python, not dpkg's
+    # ``/usr``), then ``sys.prefix`` and the base prefix.
+    dirs = []
+    for prefix in (install_prefix(), sys.prefix, sys.base_prefix):
+        if prefix is not None and os.path.join(prefix, SYSTEM_INDEX_SUBDIR) not in dirs:
+            dirs.append(os.path.join(prefix, SYSTEM_INDEX_SUBDIR))
     return dirs
+
+
+def install_prefix() -> "str | None":
+    # PREFIX of PREFIX/lib/pythonX.Y/site-packages/popcon_site/, the installed layout;
+    # None for an editable install or any other layout.
+    package = os.path.dirname(getattr(sys.modules.get("popcon_site"), "__file__", None) or "")
+    site_dir = os.path.dirname(package)
+    version_dir = os.path.dirname(site_dir)
+    lib = os.path.dirname(version_dir)
+    if (
+        os.path.basename(site_dir) in ("site-packages", "dist-packages")
+        and os.path.basename(version_dir).startswith("python")
+        and os.path.basename(lib) in ("lib", "lib64")
+    ):
+        return os.path.dirname(lib)
+    return None
 
 
 def load(directory: str, site_dir: str, stamp: "str | None", shared: bool) -> "SiteIndex | None":
@@ -230,6 +249,26 @@ def save(index: "SiteIndex", directory: str, shared: bool = False) -> bool:
         except OSError:
             pass
         return False
+
+
+def remove_system_indexes(directory: str) -> "list[str]":
+    # Delete the index files in ``directory`` and the folders index --system created
+    # there, when empty; returns what was removed.  Raises OSError on a refusal.
+    removed = []
+    if os.path.isdir(directory):
+        for name in sorted(os.listdir(directory)):
+            if name.endswith(".idx"):
+                os.unlink(os.path.join(directory, name))
+                removed.append(os.path.join(directory, name))
+    path = directory
+    for _level in range(3):  # index/, popcon-site/, share/: only if nothing else is there
+        try:
+            os.rmdir(path)
+        except OSError:
+            break
+        removed.append(path)
+        path = os.path.dirname(path)
+    return removed
 
 
 def _make_dirs(directory: str, mode: int) -> None:

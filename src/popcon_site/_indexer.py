@@ -16,6 +16,7 @@ from popcon_site._index import SiteIndex, stamp_of
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from typing import Any
 
     Distribution = Any  # importlib-metadata's Distribution or its IDistribution protocol
@@ -32,7 +33,7 @@ def build(site_dir: str) -> SiteIndex:
     stamp = stamp_of(site_dir) or ""
     from importlib_metadata import distributions
 
-    owned: dict[Parts, str] = {}
+    owned: dict[Parts, set[str]] = defaultdict(set)
     roots: dict[str, str] = {}
     listing: list[str] | None = None
     total = failures = 0
@@ -49,7 +50,7 @@ def build(site_dir: str) -> SiteIndex:
                     listing = _listing(site_dir)
                 paths = _top_level_paths(dist, listing)
             for parts in paths:
-                owned.setdefault(parts, name)
+                owned[parts].add(name)
             for root in _editable_roots(dist, installed, site_dir):
                 roots.setdefault(root, name)
         except Exception:  # one broken distribution must not cost the others
@@ -63,25 +64,27 @@ def build(site_dir: str) -> SiteIndex:
     return index
 
 
-def shortest_unique_prefixes(owned: dict[Parts, str]) -> dict[str, str]:
+def shortest_unique_prefixes(owned: Mapping[Parts, set[str]]) -> dict[str, str]:
     """Map each path prefix owned by exactly one distribution to it, as short as possible.
 
     ``yaml/...`` is all pyyaml's, so ``yaml`` is enough; ``google/`` holds
     files of several distributions, so it is split into ``google/protobuf``,
-    ``google/api``...  A file claimed by two distributions stays unowned.
+    ``google/api``...  A file that several distributions list (a pkgutil-style
+    namespace ``__init__.py`` such as ``backports/__init__.py``, or a name several
+    top_level.txt claim) stays unowned: it counts for none of them by itself.
     """
     result: dict[str, str] = {}
-    pending: list[tuple[int, list[tuple[Parts, str]]]] = [(0, list(owned.items()))]
+    pending: list[tuple[int, list[tuple[Parts, set[str]]]]] = [(0, list(owned.items()))]
     while pending:
         depth, items = pending.pop()
-        groups: dict[Parts, list[tuple[Parts, str]]] = defaultdict(list)
-        for parts, owner in items:
+        groups: dict[Parts, list[tuple[Parts, set[str]]]] = defaultdict(list)
+        for parts, owners in items:
             if len(parts) > depth:
-                groups[parts[: depth + 1]].append((parts, owner))
+                groups[parts[: depth + 1]].append((parts, owners))
         for prefix, group in groups.items():
-            owners = {owner for _, owner in group}
+            owners = set().union(*(owners for _, owners in group))
             if len(owners) == 1:
-                result["/".join(prefix)] = group[0][1]
+                result["/".join(prefix)] = next(iter(owners))
             else:
                 pending.append((depth + 1, group))
     return result

@@ -145,3 +145,23 @@ def record_evidence(site_dir: str, relative: str, owner: str, attributor: Attrib
         except Exception:
             continue
     return entry
+
+
+def claimants(site_dir: str, relative: str) -> list[str]:
+    """The distributions whose file list (or top_level.txt) names this file of site_dir."""
+    from importlib_metadata import distributions
+
+    top = relative.split("/", 1)[0].split(".", 1)[0]
+    found = set()
+    for dist in distributions(path=[site_dir]):
+        try:
+            files = dist.files
+            if files is not None:
+                listed = any(str(f).replace("\\", "/") == relative for f in files)
+            else:
+                listed = top in (dist.read_text("top_level.txt") or "").split()
+            if listed:
+                found.add(normalize_name(distribution_name(dist)))
+        except Exception:
+            continue
+    return sorted(found)

@@ -33,6 +33,7 @@ from popcon_site import (
     TRUE_WORDS,
     is_safe_name,
     is_true,
+    split_host_port,
 )
 
 TYPE_CHECKING = False
@@ -134,10 +135,15 @@ def parse_prefix(raw: str) -> str:
     return prefix
 
 
-def parse_host(raw: str) -> str:
-    host = raw.strip()
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]  # "[::1]" as written in URLs
+def parse_host(raw: str) -> "tuple[str, int | None]":
+    # (host, port when written as host:port, [v6]:port).
+    host, port_text = split_host_port(raw)
+    port = None
+    if port_text is not None:
+        try:
+            port = parse_port(port_text)
+        except ConfigError:
+            raise ConfigError(f"{ENV_HOST}={_shorten(raw)} has a bad port") from None
     if (
         not host
         or len(host) > _MAX_HOST
@@ -146,7 +152,7 @@ def parse_host(raw: str) -> str:
         or any(c in host for c in " /\\#@")
     ):
         raise ConfigError(f"{ENV_HOST}={_shorten(raw)} is not a host name or IP address")
-    return host
+    return host, port
 
 
 def parse_protocol(raw: str) -> str:
@@ -182,12 +188,20 @@ def config_from_environ(environ: "Mapping[str, str] | None" = None) -> Config:
     # Read the configuration; raises ConfigError (only) on an invalid value.
     env = os.environ if environ is None else environ
     try:
+        host, host_port = parse_host(env.get(ENV_HOST, DEFAULT_HOST))
+        port = parse_port(env.get(ENV_PORT, str(DEFAULT_PORT)))
+        if host_port is not None:
+            if ENV_PORT in env and port != host_port:
+                raise ConfigError(f"{ENV_HOST} says port {host_port}, {ENV_PORT} says {port}")
+            port = host_port
         return Config(
-            host=parse_host(env.get(ENV_HOST, DEFAULT_HOST)),
-            port=parse_port(env.get(ENV_PORT, str(DEFAULT_PORT))),
+            host=host,
+            port=port,
             prefix=parse_prefix(env.get(ENV_PREFIX, DEFAULT_PREFIX)),
             protocol=parse_protocol(env.get(ENV_PROTOCOL, DEFAULT_PROTOCOL)),
-            debug=parse_flag(ENV_DEBUG, env.get(ENV_DEBUG, "")),
+            # Debug output is a diagnosis, never a reason to stop counting: an unknown
+            # word leaves it off (``status`` says so, see debug_problem()).
+            debug=is_true(env.get(ENV_DEBUG)),
             include=parse_patterns(ENV_INCLUDE, env.get(ENV_INCLUDE, "")),
             exclude=parse_patterns(ENV_EXCLUDE, env.get(ENV_EXCLUDE, "")),
             rank0_only=parse_flag(ENV_RANK0_ONLY, env.get(ENV_RANK0_ONLY, "")),

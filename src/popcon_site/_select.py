@@ -31,8 +31,23 @@ def parse_patterns(raw: str) -> "tuple[str, ...]":
             continue
         if not set(pattern) <= _PATTERN_CHARS or len(pattern) > MAX_NAME:
             raise ValueError(item)
+        if not _brackets_balanced(pattern):  # fnmatch would take "[" literally: no match
+            raise ValueError(item)
         patterns.append(pattern)
     return tuple(patterns)
+
+
+def _brackets_balanced(pattern: str) -> bool:
+    # Each "[" opens a set that a later "]" closes; no "]" outside a set.
+    inside = False
+    for index, char in enumerate(pattern):
+        if char == "[" and not inside:
+            inside, start = True, index
+        elif char == "]" and inside and index > start + 1 + (pattern[start + 1] == "!"):
+            inside = False
+        elif char == "]" and not inside:
+            return False
+    return not inside
 
 
 def matches_any(name: str, patterns: "tuple[str, ...]") -> bool:

@@ -19,11 +19,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="write it into the environment for all users (run after installing packages)",
     )
+    parser.add_argument(
+        "--remove",
+        action="store_true",
+        help="with --system: delete the environment's index files instead (before uninstalling)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from popcon_site._indexer import build
 
+    if args.remove:
+        return _remove(args)
     if args.system:
         target = _index.system_index_dirs()[0]
         # A fresh venv has no {prefix}/share; the index saver creates only the last two levels.
@@ -77,4 +84,25 @@ def run(args: argparse.Namespace) -> int:
             "System index: readable by all users, used by every process until the next "
             "install or uninstall makes it stale (then run this again)."
         )
+    return EXIT_OK
+
+
+def _remove(args: argparse.Namespace) -> int:
+    if not args.system:
+        raise CommandError("--remove goes with --system (a user's cache is ~/.cache/popcon-site)")
+    removed: list[str] = []
+    for directory in _index.system_index_dirs():
+        try:
+            removed += _index.remove_system_indexes(directory)
+        except OSError as exc:
+            raise CommandError(
+                f"cannot remove the index in {directory}: {exc.strerror or exc} "
+                "(run it as the owner of the environment)"
+            ) from None
+    if args.json:
+        print_json({"removed": removed})
+    elif removed:
+        print("\n".join(f"removed {path}" for path in removed))
+    else:
+        print("no system index to remove")
     return EXIT_OK

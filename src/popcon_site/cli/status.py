@@ -6,18 +6,28 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Mapping
 
 import popcon_site
 from popcon_site import (
+    ENV_DEBUG,
     ENV_ENABLE,
+    FALSE_WORDS,
     __version__,
     _attribution,
     _index,
     _installed,
+    enable_problem,
     is_literal_host,
     is_true,
 )
-from popcon_site._report import Config, ConfigError, config_from_environ, literal_address
+from popcon_site._report import (
+    Config,
+    ConfigError,
+    config_from_environ,
+    literal_address,
+    parse_flag,
+)
 from popcon_site.cli._output import EXIT_OK, age, print_json, table
 
 HELP = "start-up hook, configuration and index of this environment"
@@ -65,9 +75,11 @@ def run(args: argparse.Namespace) -> int:
             path = os.path.join(directory, name)
             if os.path.isfile(path):
                 hooks.append({"file": path, "role": role})
-    ipython = os.path.join(sys.prefix, IPYTHON_STARTUP)
-    if os.path.isfile(ipython):
-        hooks.append({"file": ipython, "role": "IPython start-up file, for Jupyter kernels"})
+    # pip puts data files under its install prefix: /usr/local for Debian's system Python.
+    for prefix in dict.fromkeys(p for p in (_index.install_prefix(), sys.prefix) if p):
+        ipython = os.path.join(prefix, IPYTHON_STARTUP)
+        if os.path.isfile(ipython):
+            hooks.append({"file": ipython, "role": "IPython start-up file, for Jupyter kernels"})
     hook_file = _hook_used_by_this_python([h["file"] for h in hooks])
     hook_installed = any(os.path.basename(h["file"]) == hook_file for h in hooks)
 
@@ -110,6 +122,10 @@ def run(args: argparse.Namespace) -> int:
             "debug": config.debug,
         },
         "config_error": config_error,
+        "enable_problem": None
+        if enabled or (raw_enable or "").strip().lower() in FALSE_WORDS
+        else enable_problem(raw_enable or ""),
+        "debug_problem": debug_problem(os.environ),
         "host_resolves": None if resolution is None else resolution[0],
         "host_resolution": None if resolution is None else resolution[1],
         "user_cache_dir": cache_dir,
@@ -143,9 +159,14 @@ def run(args: argparse.Namespace) -> int:
         )
     elif raw_enable is None:
         state = f"no ({ENV_ENABLE} is not set)"
-    else:
+    elif raw_enable.strip().lower() in FALSE_WORDS:
         state = f"no ({ENV_ENABLE}={raw_enable!r})"
+    else:
+        state = f"NO: {enable_problem(raw_enable)}"
     row("enabled", state)
+    problem = debug_problem(os.environ)
+    if problem:
+        row("debug", problem)
     if config is None:
         row("config", f"INVALID, nothing is sent: {config_error}")
     else:
@@ -167,6 +188,15 @@ def run(args: argparse.Namespace) -> int:
         row("", str(entry["summary"]))
     print(table(rows, indent=""))
     return EXIT_OK
+
+
+def debug_problem(environ: Mapping[str, str]) -> str | None:
+    """Why PYTHON_POPCONTEST_DEBUG is off although set to something."""
+    try:
+        parse_flag(ENV_DEBUG, environ.get(ENV_DEBUG, ""))
+    except ConfigError as exc:
+        return f"{exc}: debug output is off (reporting is not affected)"
+    return None
 
 
 def _resolution(host: str) -> tuple[bool, str]:

@@ -20,7 +20,7 @@ from popcon_site._attribution import (
     Attributor,
     specs_along,
 )
-from popcon_site._installed import record_evidence
+from popcon_site._installed import claimants, record_evidence
 from popcon_site._report import Config, ConfigError, config_from_environ
 from popcon_site.cli._output import EXIT_EMPTY, EXIT_OK, print_json
 
@@ -126,11 +126,19 @@ def explain(name: str, attributor: Attributor, config: Config | None) -> dict[st
     if owner is None:
         if where == IN_STDLIB:
             reason = "standard library: never counted"
-        elif where == IN_SITE_DIR:
-            reason = (
-                f"in site directory {site_dir}, but no installed distribution's RECORD lists "
-                "it (or several do): never counted"
-            )
+        elif where == IN_SITE_DIR and site_dir is not None:
+            relative = os.path.relpath(origin, site_dir).replace(os.sep, "/")
+            claimed = claimants(site_dir, relative)
+            if len(claimed) > 1:
+                reason = (
+                    f"listed by several distributions ({', '.join(claimed)}): it counts for "
+                    "none of them by itself; each one's own submodules count for it"
+                )
+            else:
+                reason = (
+                    f"in site directory {site_dir}, but no installed distribution lists it: "
+                    "never counted"
+                )
         else:
             reason = (
                 "outside every site directory and editable install (a script directory, "
