@@ -62,6 +62,8 @@ def tests_sid(session: nox.Session) -> None:
     try:
         for version in SID_PYTHONS:
             venv = f"/opt/popcon-tests-{version}"
+            # tests/test_debian_system.py installs into the chroot's own python3 (once).
+            system = "/usr/bin/python3" if version == SID_PYTHONS[0] else ""
             script = (
                 f"set -e; rm -rf {venv}; python{version} -m venv {venv}; "
                 f"{venv}/bin/pip install --quiet {' '.join(TEST_DEPS)} /src; "
@@ -79,6 +81,7 @@ def tests_sid(session: nox.Session) -> None:
                     "PIP_FIND_LINKS": "",
                     "HOME": "/root",
                     "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
+                    "POPCON_DEBIAN_SYSTEM_PYTHON": system,
                 },
             )
     finally:
@@ -89,6 +92,7 @@ def tests_sid(session: nox.Session) -> None:
 def _ensure_sid(session: nox.Session) -> None:
     """A minimal Debian sid with python3.14 and python3.15 (about a minute the first time)."""
     ready = [SID_ROOT / f"usr/include/python{v}/Python.h" for v in SID_PYTHONS]
+    ready.append(SID_ROOT / "usr/lib/python3/dist-packages/yaml/__init__.py")
     if all(path.exists() for path in ready) and (SID_ROOT / "usr/bin/prometheus").exists():
         return
     if not shutil.which("debootstrap"):
@@ -102,9 +106,9 @@ def _ensure_sid(session: nox.Session) -> None:
     policy.write_text("#!/bin/sh\nexit 101\n")
     policy.chmod(0o755)
     # A compiler and headers: not every test dependency has wheels for a new Python yet.
-    packages = "gcc libc6-dev prometheus " + " ".join(
-        f"python{v} python{v}-venv python{v}-dev" for v in SID_PYTHONS
-    )
+    # Debian's own python3 with apt-installed libraries: tests/test_debian_system.py.
+    packages = "gcc libc6-dev prometheus python3-pip python3-yaml python3-numpy python3-requests "
+    packages += " ".join(f"python{v} python{v}-venv python{v}-dev" for v in SID_PYTHONS)
     session.run(
         "chroot",
         str(SID_ROOT),
