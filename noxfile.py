@@ -160,7 +160,11 @@ E2E_NODE = ROOT / ".nox" / "e2e-node"
 
 @nox.session
 def e2e(session: nox.Session) -> None:
-    """Real processes -> the statsd daemon, and -> collectd -> Prometheus; the deploy/ kit."""
+    """Real processes -> the statsd daemon, collectd and statsd_exporter -> Prometheus; deploy/.
+
+    statsd_exporter comes from $POPCON_STATSD_EXPORTER (.ci/run sets it); without it
+    those tests are skipped, and under CI=true they fail.
+    """
     _ensure_debs(session, E2E_DEBS)
     if not (E2E_NODE / "node_modules" / "statsd" / "stats.js").is_file():
         if not shutil.which("npm"):

@@ -3,7 +3,9 @@
 Each server is a child process of the test run: started with its own log file,
 polled until it is really ready (not slept on), and stopped with SIGTERM (then
 SIGKILL) to its PID when the fixture that started it ends.  A server that is
-missing or cannot start fails the test with its log; nothing here skips.
+missing or cannot start fails the test with its log.  The one exception is
+statsd_exporter, which no package manager here ships: without
+$POPCON_STATSD_EXPORTER its tests are skipped, and under CI=true they fail.
 """
 
 from __future__ import annotations
@@ -213,6 +215,83 @@ def parse_inspect(text: str) -> dict[str, int]:
         key or bare: int(value)
         for key, bare, value in re.findall(r"(?:'([^']+)'|([A-Za-z_$][\w$]*)): (-?\d+)", body)
     }
+
+
+# -- statsd_exporter (the Prometheus project's; not packaged by Debian, PyPI or npm) ------
+
+EXPORTER_VARIABLE = "POPCON_STATSD_EXPORTER"
+
+
+def statsd_exporter_binary() -> str:
+    """$POPCON_STATSD_EXPORTER; unset: the test is skipped, except under CI=true (fails)."""
+    path = os.environ.get(EXPORTER_VARIABLE, "")
+    if not path:
+        reason = (
+            f"{EXPORTER_VARIABLE} is not set: point it at a statsd_exporter 0.30.0 binary "
+            "(a release from github.com/prometheus/statsd_exporter, or build one from its "
+            "source tarball with ../shared/statsd_exporter/build.sh, see its README)"
+        )
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    if not os.access(path, os.X_OK):
+        pytest.fail(f"{EXPORTER_VARIABLE}={path} is not an executable file")
+    return path
+
+
+class StatsdExporter(Server):
+    """statsd_exporter with a mapping file, UDP and TCP on one loopback port, as shipped."""
+
+    def __init__(
+        self, workdir: Path, mapping: Path, extra_args: tuple[str, ...] = (), name: str = ""
+    ) -> None:
+        self.statsd_port = free_port(socket.SOCK_DGRAM)
+        self.http_port = free_port()
+        argv = [
+            statsd_exporter_binary(),
+            f"--statsd.mapping-config={mapping}",
+            f"--statsd.listen-udp=127.0.0.1:{self.statsd_port}",
+            f"--statsd.listen-tcp=127.0.0.1:{self.statsd_port}",
+            f"--web.listen-address=127.0.0.1:{self.http_port}",
+            *extra_args,
+        ]
+        super().__init__(name or "statsd_exporter", argv, workdir)
+
+    def start(self) -> None:
+        super().start()
+        ready = 'msg="Accepting StatsD Traffic"'
+        wait_for(lambda: ready in self.log_text(), "statsd_exporter to listen", 20, self)
+        wait_for(lambda: bound("udp", self.statsd_port), "statsd_exporter's UDP socket", 10, self)
+        wait_for(lambda: http_get(self.metrics_url) is not None, "statsd_exporter /metrics", 20)
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}/metrics"
+
+    def problems(self) -> list[str]:
+        """Every warning or error it logged (logfmt ``level=WARN`` / ``level=ERROR``)."""
+        return [
+            line
+            for line in self.log_text().splitlines()
+            if re.search(r"\blevel=(WARN|ERROR)\b", line, re.I)
+        ]
+
+    def samples(self, prefix: str = "") -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        """{(metric, labels): value} of what /metrics exposes now, for names with ``prefix``."""
+        return parse_exposition(http_get(self.metrics_url, fail=True) or "", prefix)
+
+
+def parse_exposition(
+    text: str, prefix: str = ""
+) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Samples of the Prometheus text format (label values here never hold quotes or commas)."""
+    found = {}
+    for match in re.finditer(r"^([a-zA-Z_:][\w:]*)(?:\{([^}]*)\})? (\S+)$", text, re.M):
+        name, labels, value = match.groups()
+        if name.startswith(prefix):
+            pairs = re.findall(r'(\w+)="([^"]*)"', labels or "")
+            found[(name, frozenset(pairs))] = float(value)
+    return found
 
 
 # -- collectd (statsd plugin -> write_prometheus) ------------------------------------------

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import re
-import shlex
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -31,6 +30,7 @@ import pytest
 import statsd_mapping
 import yaml
 from fixtures import (
+    default_args,
     e2e_env,
     expected_counts,
     installed_distributions,
@@ -96,19 +96,6 @@ def prometheus_config(collectd: Collectd) -> dict[str, Any]:
     assert job["static_configs"] == [{"targets": ["127.0.0.1:9103"]}]
     job["static_configs"] = [{"targets": [f"127.0.0.1:{collectd.http_port}"]}]
     return config
-
-
-def default_args() -> list[str]:
-    """ARGS of the shipped /etc/default/prometheus, minus the listen address the test sets."""
-    text = (DEPLOY / "vm" / "prometheus.default").read_text()
-    (line,) = [line for line in text.splitlines() if line.startswith("ARGS=")]
-    # The unit runs `prometheus $ARGS`: systemd splits the value on whitespace.
-    (value,) = shlex.split(line[len("ARGS=") :])
-    args = value.split()
-    assert "--web.listen-address=127.0.0.1:9090" in args  # loopback only
-    args.remove("--web.listen-address=127.0.0.1:9090")
-    assert any(a.startswith("--storage.tsdb.retention.time=") for a in args), args
-    return args
 
 
 @pytest.fixture(scope="module")
