@@ -40,7 +40,7 @@ from fixtures import (
     run_processes,
     snippets,
 )
-from servers import DEPLOY, Prometheus, StatsdExporter, need, wait_for
+from servers import DEPLOY, Prometheus, StatsdExporter, need, statsd_exporter_binary, wait_for
 
 from conftest import Env, base_environ
 
@@ -289,6 +289,43 @@ def test_exporter_exposes_exactly_the_documented_series(pipeline: Pipeline) -> N
     assert pipeline.exporter.samples("python_popcon_") == expected
     unmapped = pipeline.exporter.samples("statsd_exporter_events_unmapped_total")
     assert sum(unmapped.values()) == 1.0
+
+
+def readme_mappings() -> list[str]:
+    """The mapping configs the top-level README shows (plain, and inside Helm values)."""
+    text = (DEPLOY.parent / "README.md").read_text()
+    found = []
+    for block in re.findall(r"```yaml\n(.*?)```", text, re.S):
+        config = yaml.safe_load(block)
+        if "statsd" in config:
+            found.append(config["statsd"]["mappingConfig"])
+        elif "mappings" in config:
+            found.append(block)
+    return found
+
+
+def test_every_shipped_mapping_passes_the_exporters_own_check(tmp_path: Path) -> None:
+    """`statsd_exporter --check-config`: exit 0 and not one warning, for each of them."""
+    configs = {
+        "mapping.yml": MAPPING.read_text(),
+        "helm values": yaml.safe_load(HELM.read_text())["statsd"]["mappingConfig"],
+    }
+    configs |= {f"README #{i}": text for i, text in enumerate(readme_mappings(), 1)}
+    assert len(configs) == 4, sorted(configs)
+    binary = statsd_exporter_binary()
+    for name, text in configs.items():
+        path = tmp_path / "mapping.yml"
+        path.write_text(text)
+        proc = subprocess.run(
+            [binary, f"--statsd.mapping-config={path}", "--check-config"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        output = proc.stdout + proc.stderr
+        assert proc.returncode == 0, (name, output)
+        assert "Configuration check successful" in output, (name, output)
+        assert not re.search(r"\blevel=(WARN|ERROR)\b", output, re.I), (name, output)
 
 
 # -- Prometheus: raw series, recording rules, dashboard -----------------------------------
