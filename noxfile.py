@@ -153,7 +153,7 @@ def _start_file_cost(session: nox.Session) -> None:
 
 
 # End-to-end: the servers the tests start (tests/e2e/servers.py), all from Debian or npm.
-E2E_DEBS = ["collectd-core", "libprotobuf-c1", "libmicrohttpd12", "prometheus"]
+E2E_DEBS = ["collectd-core", "libprotobuf-c1", "libmicrohttpd12", "prometheus", "victoria-metrics"]
 E2E_STATSD_DAEMON = "statsd@0.9.0"  # the reference (Etsy) statsd daemon
 E2E_NODE = ROOT / ".nox" / "e2e-node"
 

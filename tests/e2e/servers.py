@@ -353,7 +353,32 @@ def substitute(text: str, replacements: dict[str, str]) -> str:
 # -- Prometheus ----------------------------------------------------------------------------
 
 
-class Prometheus(Server):
+class QueryAPI:
+    """The Prometheus HTTP query API, which VictoriaMetrics answers too."""
+
+    url: str
+
+    def api(self, path: str, **params: str) -> Any:
+        query = urllib.parse.urlencode(params)
+        text = http_get(f"{self.url}/api/v1/{path}?{query}", fail=True)
+        answer = json.loads(text or "{}")
+        assert answer.get("status") == "success", answer
+        return answer["data"]
+
+    def query(self, expr: str, **params: str) -> list[dict[str, Any]]:
+        data = self.api("query", query=expr, **params)
+        assert data["resultType"] == "vector", data
+        return list(data["result"])
+
+    def values(self, expr: str, *labels: str) -> dict[tuple[str, ...], float]:
+        """Instant vector as {(label values...): value}."""
+        return {
+            tuple(item["metric"].get(label, "") for label in labels): float(item["value"][1])
+            for item in self.query(expr)
+        }
+
+
+class Prometheus(QueryAPI, Server):
     """Prometheus from Debian, with the given configuration, on a free loopback port."""
 
     def __init__(self, workdir: Path, config: dict[str, Any], extra_args: list[str]) -> None:
@@ -379,18 +404,6 @@ class Prometheus(Server):
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def api(self, path: str, **params: str) -> Any:
-        query = urllib.parse.urlencode(params)
-        text = http_get(f"{self.url}/api/v1/{path}?{query}", fail=True)
-        answer = json.loads(text or "{}")
-        assert answer.get("status") == "success", answer
-        return answer["data"]
-
-    def query(self, expr: str) -> list[dict[str, Any]]:
-        data = self.api("query", query=expr)
-        assert data["resultType"] == "vector", data
-        return list(data["result"])
-
     def query_range(self, expr: str, seconds: float, step: str = "1s") -> list[dict[str, Any]]:
         end = time.time()
         data = self.api(
@@ -399,12 +412,37 @@ class Prometheus(Server):
         assert data["resultType"] == "matrix", data
         return list(data["result"])
 
-    def values(self, expr: str, *labels: str) -> dict[tuple[str, ...], float]:
-        """Instant vector as {(label values...): value}."""
-        return {
-            tuple(item["metric"].get(label, "") for label in labels): float(item["value"][1])
-            for item in self.query(expr)
-        }
+
+class VictoriaMetrics(QueryAPI, Server):
+    """VictoriaMetrics from Debian: samples visible at once, no result cache (for tests)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        argv = [
+            need("victoria-metrics"),
+            f"-storageDataPath={workdir / 'victoria-metrics'}",
+            f"-httpListenAddr=127.0.0.1:{self.port}",
+            "-retentionPeriod=100y",
+            "-search.latencyOffset=0s",
+            "-search.disableCache",
+        ]
+        super().__init__("victoria-metrics", argv, workdir)
+
+    def start(self) -> None:
+        super().start()
+        wait_for(lambda: http_get(f"{self.url}/health") == "OK", "/health", 30, self)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def import_text(self, text: str) -> None:
+        """Prometheus exposition lines with millisecond timestamps (/api/v1/import/prometheus)."""
+        request = urllib.request.Request(
+            f"{self.url}/api/v1/import/prometheus", data=text.encode(), method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert response.status == 204, response.status
 
 
 def http_get(url: str, fail: bool = False) -> str | None:
