@@ -157,14 +157,18 @@ def _start_file_cost(session: nox.Session) -> None:
 
 
 # End-to-end: the servers the tests start (tests/e2e/servers.py), all from Debian or npm.
-E2E_DEBS = ["collectd-core", "libprotobuf-c1", "libmicrohttpd12", "prometheus"]
+E2E_DEBS = ["collectd-core", "libprotobuf-c1", "libmicrohttpd12", "prometheus", "victoria-metrics"]
 E2E_STATSD_DAEMON = "statsd@0.9.0"  # the reference (Etsy) statsd daemon
 E2E_NODE = ROOT / ".nox" / "e2e-node"
 
 
 @nox.session
 def e2e(session: nox.Session) -> None:
-    """Real processes -> the statsd daemon, and -> collectd -> Prometheus; the deploy/ kit."""
+    """Real processes -> the statsd daemon, collectd and statsd_exporter -> Prometheus; deploy/.
+
+    statsd_exporter comes from $POPCON_STATSD_EXPORTER (.ci/run sets it); without it
+    those tests are skipped, and under CI=true they fail.
+    """
     _ensure_debs(session, E2E_DEBS)
     if not (E2E_NODE / "node_modules" / "statsd" / "stats.js").is_file():
         if not shutil.which("npm"):

@@ -8,6 +8,7 @@ run even though each module registers the fixture.
 from __future__ import annotations
 
 import re
+import shlex
 import subprocess
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -15,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from servers import DEPLOY
 
 from conftest import Env, base_environ, make_env
 
@@ -120,3 +122,16 @@ def installed_distributions(env: Env) -> set[str]:
 
 def snippets(plan: Mapping[str, int]) -> list[str]:
     return [code for code, times in plan.items() for _ in range(times)]
+
+
+def default_args() -> list[str]:
+    """ARGS of the shipped /etc/default/prometheus, minus the listen address the test sets."""
+    text = (DEPLOY / "vm" / "prometheus.default").read_text()
+    (line,) = [line for line in text.splitlines() if line.startswith("ARGS=")]
+    # The unit runs `prometheus $ARGS`: systemd splits the value on whitespace.
+    (value,) = shlex.split(line[len("ARGS=") :])
+    args = value.split()
+    assert "--web.listen-address=127.0.0.1:9090" in args  # loopback only
+    args.remove("--web.listen-address=127.0.0.1:9090")
+    assert any(a.startswith("--storage.tsdb.retention.time=") for a in args), args
+    return args

@@ -3,7 +3,9 @@
 Each server is a child process of the test run: started with its own log file,
 polled until it is really ready (not slept on), and stopped with SIGTERM (then
 SIGKILL) to its PID when the fixture that started it ends.  A server that is
-missing or cannot start fails the test with its log; nothing here skips.
+missing or cannot start fails the test with its log.  The one exception is
+statsd_exporter, which no package manager here ships: without
+$POPCON_STATSD_EXPORTER its tests are skipped, and under CI=true they fail.
 """
 
 from __future__ import annotations
@@ -215,6 +217,83 @@ def parse_inspect(text: str) -> dict[str, int]:
     }
 
 
+# -- statsd_exporter (the Prometheus project's; not packaged by Debian, PyPI or npm) ------
+
+EXPORTER_VARIABLE = "POPCON_STATSD_EXPORTER"
+
+
+def statsd_exporter_binary() -> str:
+    """$POPCON_STATSD_EXPORTER; unset: the test is skipped, except under CI=true (fails)."""
+    path = os.environ.get(EXPORTER_VARIABLE, "")
+    if not path:
+        reason = (
+            f"{EXPORTER_VARIABLE} is not set: point it at a statsd_exporter 0.30.0 binary "
+            "(a release from github.com/prometheus/statsd_exporter, or build one from its "
+            "source tarball with ../shared/statsd_exporter/build.sh, see its README)"
+        )
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    if not os.access(path, os.X_OK):
+        pytest.fail(f"{EXPORTER_VARIABLE}={path} is not an executable file")
+    return path
+
+
+class StatsdExporter(Server):
+    """statsd_exporter with a mapping file, UDP and TCP on one loopback port, as shipped."""
+
+    def __init__(
+        self, workdir: Path, mapping: Path, extra_args: tuple[str, ...] = (), name: str = ""
+    ) -> None:
+        self.statsd_port = free_port(socket.SOCK_DGRAM)
+        self.http_port = free_port()
+        argv = [
+            statsd_exporter_binary(),
+            f"--statsd.mapping-config={mapping}",
+            f"--statsd.listen-udp=127.0.0.1:{self.statsd_port}",
+            f"--statsd.listen-tcp=127.0.0.1:{self.statsd_port}",
+            f"--web.listen-address=127.0.0.1:{self.http_port}",
+            *extra_args,
+        ]
+        super().__init__(name or "statsd_exporter", argv, workdir)
+
+    def start(self) -> None:
+        super().start()
+        ready = 'msg="Accepting StatsD Traffic"'
+        wait_for(lambda: ready in self.log_text(), "statsd_exporter to listen", 20, self)
+        wait_for(lambda: bound("udp", self.statsd_port), "statsd_exporter's UDP socket", 10, self)
+        wait_for(lambda: http_get(self.metrics_url) is not None, "statsd_exporter /metrics", 20)
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}/metrics"
+
+    def problems(self) -> list[str]:
+        """Every warning or error it logged (logfmt ``level=WARN`` / ``level=ERROR``)."""
+        return [
+            line
+            for line in self.log_text().splitlines()
+            if re.search(r"\blevel=(WARN|ERROR)\b", line, re.I)
+        ]
+
+    def samples(self, prefix: str = "") -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        """{(metric, labels): value} of what /metrics exposes now, for names with ``prefix``."""
+        return parse_exposition(http_get(self.metrics_url, fail=True) or "", prefix)
+
+
+def parse_exposition(
+    text: str, prefix: str = ""
+) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Samples of the Prometheus text format (label values here never hold quotes or commas)."""
+    found = {}
+    for match in re.finditer(r"^([a-zA-Z_:][\w:]*)(?:\{([^}]*)\})? (\S+)$", text, re.M):
+        name, labels, value = match.groups()
+        if name.startswith(prefix):
+            pairs = re.findall(r'(\w+)="([^"]*)"', labels or "")
+            found[(name, frozenset(pairs))] = float(value)
+    return found
+
+
 # -- collectd (statsd plugin -> write_prometheus) ------------------------------------------
 
 
@@ -274,7 +353,32 @@ def substitute(text: str, replacements: dict[str, str]) -> str:
 # -- Prometheus ----------------------------------------------------------------------------
 
 
-class Prometheus(Server):
+class QueryAPI:
+    """The Prometheus HTTP query API, which VictoriaMetrics answers too."""
+
+    url: str
+
+    def api(self, path: str, **params: str) -> Any:
+        query = urllib.parse.urlencode(params)
+        text = http_get(f"{self.url}/api/v1/{path}?{query}", fail=True)
+        answer = json.loads(text or "{}")
+        assert answer.get("status") == "success", answer
+        return answer["data"]
+
+    def query(self, expr: str, **params: str) -> list[dict[str, Any]]:
+        data = self.api("query", query=expr, **params)
+        assert data["resultType"] == "vector", data
+        return list(data["result"])
+
+    def values(self, expr: str, *labels: str) -> dict[tuple[str, ...], float]:
+        """Instant vector as {(label values...): value}."""
+        return {
+            tuple(item["metric"].get(label, "") for label in labels): float(item["value"][1])
+            for item in self.query(expr)
+        }
+
+
+class Prometheus(QueryAPI, Server):
     """Prometheus from Debian, with the given configuration, on a free loopback port."""
 
     def __init__(self, workdir: Path, config: dict[str, Any], extra_args: list[str]) -> None:
@@ -300,18 +404,6 @@ class Prometheus(Server):
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def api(self, path: str, **params: str) -> Any:
-        query = urllib.parse.urlencode(params)
-        text = http_get(f"{self.url}/api/v1/{path}?{query}", fail=True)
-        answer = json.loads(text or "{}")
-        assert answer.get("status") == "success", answer
-        return answer["data"]
-
-    def query(self, expr: str) -> list[dict[str, Any]]:
-        data = self.api("query", query=expr)
-        assert data["resultType"] == "vector", data
-        return list(data["result"])
-
     def query_range(self, expr: str, seconds: float, step: str = "1s") -> list[dict[str, Any]]:
         end = time.time()
         data = self.api(
@@ -320,12 +412,37 @@ class Prometheus(Server):
         assert data["resultType"] == "matrix", data
         return list(data["result"])
 
-    def values(self, expr: str, *labels: str) -> dict[tuple[str, ...], float]:
-        """Instant vector as {(label values...): value}."""
-        return {
-            tuple(item["metric"].get(label, "") for label in labels): float(item["value"][1])
-            for item in self.query(expr)
-        }
+
+class VictoriaMetrics(QueryAPI, Server):
+    """VictoriaMetrics from Debian: samples visible at once, no result cache (for tests)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        argv = [
+            need("victoria-metrics"),
+            f"-storageDataPath={workdir / 'victoria-metrics'}",
+            f"-httpListenAddr=127.0.0.1:{self.port}",
+            "-retentionPeriod=100y",
+            "-search.latencyOffset=0s",
+            "-search.disableCache",
+        ]
+        super().__init__("victoria-metrics", argv, workdir)
+
+    def start(self) -> None:
+        super().start()
+        wait_for(lambda: http_get(f"{self.url}/health") == "OK", "/health", 30, self)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def import_text(self, text: str) -> None:
+        """Prometheus exposition lines with millisecond timestamps (/api/v1/import/prometheus)."""
+        request = urllib.request.Request(
+            f"{self.url}/api/v1/import/prometheus", data=text.encode(), method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert response.status == 204, response.status
 
 
 def http_get(url: str, fail: bool = False) -> str | None:

@@ -1,10 +1,13 @@
-"""statsd_exporter's glob mapping, as the exporter applies it, for checking the shipped files.
+"""statsd_exporter's mapping, as the exporter applies it: a unit-test helper only.
 
-statsd_exporter (not installable here) splits a statsd name on ``.``; each ``*`` of a
-glob matches exactly one component; ``$n`` in labels is the n-th capture; the first
-matching rule wins; ``match_metric_type`` restricts a rule to counters, gauges or
-timers.  An unmatched name is not one of ours (the exporter would export it under an
-escaped name of its own, which no rule, recording rule or dashboard here uses).
+The evidence that the shipped mapping works is test_e2e_exporter.py, which runs the
+real statsd_exporter; this model lets the fast tests check names without the binary.
+statsd_exporter splits a statsd name on ``.``; each ``*`` of a glob matches exactly one
+component; ``$n`` in labels is the n-th capture.  Globs are tried first (the first
+matching one wins), then ``match_type: regex`` rules in file order.
+``match_metric_type`` restricts a rule to counters, gauges or timers.  An unmatched
+name is not one of ours (the exporter would export it under an escaped name of its
+own, which no rule, recording rule or dashboard here uses).
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 
 @dataclass(frozen=True)
 class Rule:
-    components: tuple[str, ...]
+    components: tuple[str, ...]  # of a glob; empty for a regex rule
+    regex: re.Pattern[str] | None
     metric_type: str | None
     name: str
     labels: tuple[tuple[str, str], ...]
@@ -37,12 +41,20 @@ def load(source: str | Path | dict[str, Any]) -> list[Rule]:
     assert set(config) <= {"defaults", "mappings"}, config.keys()
     rules = []
     for mapping in config["mappings"]:
-        assert set(mapping) <= {"match", "match_metric_type", "name", "labels", "ttl"}, mapping
-        assert mapping.get("match_type", "glob") == "glob"
+        keys = {"match", "match_type", "match_metric_type", "name", "labels", "ttl"}
+        assert set(mapping) <= keys, mapping
         match = mapping["match"]
-        components = tuple(match.split("."))
-        assert all(c == "*" or re.fullmatch(r"[A-Za-z0-9_-]+", c) for c in components), match
-        captures = components.count("*")
+        match_type = mapping.get("match_type", "glob")
+        assert match_type in ("glob", "regex"), match_type
+        if match_type == "regex":
+            # Anchored, as the exporter does not anchor it for us.
+            assert match.startswith("^") and match.endswith("$"), match
+            regex, components = re.compile(match), ()
+            captures = regex.groups
+        else:
+            regex, components = None, tuple(match.split("."))
+            assert all(c == "*" or re.fullmatch(r"[A-Za-z0-9_-]+", c) for c in components), match
+            captures = components.count("*")
         labels = {str(k): str(v) for k, v in (mapping.get("labels") or {}).items()}
         for label, template in labels.items():
             assert _LABEL_NAME.fullmatch(label) and not label.startswith("__"), label
@@ -53,15 +65,26 @@ def load(source: str | Path | dict[str, Any]) -> list[Rule]:
             assert re.fullmatch(r"(\d+(ns|us|µs|ms|s|m|h))+|0", str(mapping["ttl"]))
         metric_type = mapping.get("match_metric_type")
         assert metric_type in (None, "counter", "gauge", "observer", "timer"), metric_type
-        rules.append(Rule(components, metric_type, mapping["name"], tuple(labels.items())))
-    return rules
+        rules.append(Rule(components, regex, metric_type, mapping["name"], tuple(labels.items())))
+    # The exporter's FSM (every glob) answers first; regex rules only when it finds nothing.
+    return sorted(rules, key=lambda rule: rule.regex is not None)
 
 
 def apply(rules: list[Rule], name: str, metric_type: str) -> tuple[str, dict[str, str]] | None:
     """(Prometheus metric name, labels) for a statsd name, or None when no rule matches."""
     parts = name.split(".")
     for rule in rules:
-        if rule.metric_type not in (None, metric_type) or len(parts) != len(rule.components):
+        if rule.metric_type not in (None, metric_type):
+            continue
+        if rule.regex is not None:
+            found = rule.regex.search(name)
+            if found:
+                captures = list(found.groups())
+                return rule.name, {
+                    label: _expand(template, captures) for label, template in rule.labels
+                }
+            continue
+        if len(parts) != len(rule.components):
             continue
         captures = []
         for part, pattern in zip(parts, rule.components):

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import re
-import shlex
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -31,6 +30,7 @@ import pytest
 import statsd_mapping
 import yaml
 from fixtures import (
+    default_args,
     e2e_env,
     expected_counts,
     installed_distributions,
@@ -38,7 +38,7 @@ from fixtures import (
     run_processes,
     snippets,
 )
-from servers import DEPLOY, Collectd, Prometheus, need, wait_for
+from servers import DEPLOY, Collectd, Prometheus, StatsdExporter, need, wait_for
 
 from conftest import Env
 
@@ -96,19 +96,6 @@ def prometheus_config(collectd: Collectd) -> dict[str, Any]:
     assert job["static_configs"] == [{"targets": ["127.0.0.1:9103"]}]
     job["static_configs"] = [{"targets": [f"127.0.0.1:{collectd.http_port}"]}]
     return config
-
-
-def default_args() -> list[str]:
-    """ARGS of the shipped /etc/default/prometheus, minus the listen address the test sets."""
-    text = (DEPLOY / "vm" / "prometheus.default").read_text()
-    (line,) = [line for line in text.splitlines() if line.startswith("ARGS=")]
-    # The unit runs `prometheus $ARGS`: systemd splits the value on whitespace.
-    (value,) = shlex.split(line[len("ARGS=") :])
-    args = value.split()
-    assert "--web.listen-address=127.0.0.1:9090" in args  # loopback only
-    args.remove("--web.listen-address=127.0.0.1:9090")
-    assert any(a.startswith("--storage.tsdb.retention.time=") for a in args), args
-    return args
 
 
 @pytest.fixture(scope="module")
@@ -273,16 +260,58 @@ def test_relabelling_gives_what_the_statsd_exporter_mapping_gives(pipeline: Pipe
             expected[(mapped[0], frozenset(mapped[1].items()))] = value
     assert len(expected) == len(raw) - 1
 
+    got = scraped_series(pipeline.prometheus)
+    assert got == expected
+    libraries = {dict(labels).get("library") for _, labels in got}
+    assert "ruamel" not in libraries and "ruamel.yaml" not in libraries
+
+
+def scraped_series(prometheus: Prometheus) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     got = {}
-    for item in pipeline.prometheus.query('{job="popcon-site", __name__=~"python_popcon_.+"}'):
+    for item in prometheus.query('{job="popcon-site", __name__=~"python_popcon_.+"}'):
         labels = dict(item["metric"])
         name = labels.pop("__name__")
         assert labels.pop("job") == "popcon-site"
         labels.pop("instance")
         got[(name, frozenset(labels.items()))] = float(item["value"][1])
-    assert got == expected
-    libraries = {dict(labels).get("library") for _, labels in got}
-    assert "ruamel" not in libraries and "ruamel.yaml" not in libraries
+    return got
+
+
+def test_relabelling_gives_what_the_real_statsd_exporter_gives(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    """Every statsd series collectd holds, sent to statsd_exporter with the shipped mapping."""
+    exporter = StatsdExporter(tmp_path, DEPLOY / "statsd-exporter" / "mapping.yml")
+    exporter.start()
+    try:
+        raw = pipeline.collectd.statsd_series()
+        lines = [
+            f"{name}:{value:g}|{'c' if kind == 'counter' else 'g'}" for kind, name, value in raw
+        ]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            for line in lines:
+                sock.sendto(line.encode(), ("127.0.0.1", exporter.statsd_port))
+        mapped = {
+            "python_popcon_library_used",
+            "python_popcon_reports",
+            "python_popcon_library_installed",
+        }
+        # The exporter exports what no rule maps under an escaped name: not in any query.
+        wait_for(
+            lambda: len(exporter.samples("python_popcon_")) == len(raw),
+            "statsd_exporter to count every line",
+            10,
+            exporter,
+        )
+        exposed = {
+            key: value
+            for key, value in exporter.samples("python_popcon_").items()
+            if key[0] in mapped
+        }
+        assert exposed == scraped_series(pipeline.prometheus)
+        assert exporter.problems() == []
+    finally:
+        exporter.stop()
 
 
 # -- recording rules ----------------------------------------------------------------------
