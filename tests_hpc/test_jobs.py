@@ -13,6 +13,7 @@ import shlex
 import subprocess
 from collections import Counter
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 from slurm_cluster import LAUNCHER_PREFIXES, Cluster, without_launchers
@@ -24,13 +25,20 @@ MPIRUN = ["mpirun", "--allow-run-as-root", "--oversubscribe"]
 RANKS = 4  # more tasks than the machine's CPUs: srun and sbatch need -O (overcommit)
 ARRAY_TASKS, RANKS_PER_TASK = 3, 2
 
-# launch -> (jobs, ranks per job)
+
+class Launch(NamedTuple):
+    jobs: int
+    ranks: int  # per job
+    variables: set[str]  # the rank variables every rank gets (the README's table)
+
+
 LAUNCHES = {
-    "srun": (1, RANKS),
-    "srun --mpi=pmix": (1, RANKS),
-    "sbatch + mpirun": (1, RANKS),
-    "mpirun": (1, RANKS),
-    "sbatch --array + srun": (ARRAY_TASKS, RANKS_PER_TASK),
+    "srun": Launch(1, RANKS, {"SLURM_PROCID"}),
+    "srun --mpi=pmix": Launch(1, RANKS, {"PMIX_RANK", "SLURM_PROCID"}),
+    "srun --mpi=pmi2": Launch(1, RANKS, {"PMI_RANK", "SLURM_PROCID"}),
+    "sbatch + mpirun": Launch(1, RANKS, {"OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID"}),
+    "mpirun": Launch(1, RANKS, {"OMPI_COMM_WORLD_RANK", "PMIX_RANK"}),
+    "sbatch --array + srun": Launch(ARRAY_TASKS, RANKS_PER_TASK, {"SLURM_PROCID"}),
 }
 
 
@@ -57,7 +65,7 @@ def launch(how: str, cluster: Cluster, command: list[str], env: dict[str, str], 
         script = shlex.join(["srun", *command])
     job = cluster.submit(*options, "-o", str(out / "job-%A_%a.out"), script=script, env=env)
     states = cluster.wait(job)
-    assert sorted(states.values()) == ["COMPLETED"] * LAUNCHES[how][0], cluster.logs()
+    assert sorted(states.values()) == ["COMPLETED"] * LAUNCHES[how].jobs, cluster.logs()
 
 
 @pytest.mark.parametrize("how", LAUNCHES)
@@ -71,22 +79,11 @@ def test_every_rank_finds_its_own_rank(how: str, cluster: Cluster, tmp_path: Pat
     )
     launch(how, cluster, ["python3", "-c", dump], base.base_environ(), tmp_path)
     envs = [json.loads(path.read_text()) for path in tmp_path.glob("env-*.json")]
-    jobs, ranks = LAUNCHES[how]
+    jobs, ranks, variables = LAUNCHES[how]
     assert sorted(_select.rank(env) for env in envs) == sorted(list(range(ranks)) * jobs)
-    variables = {name for env in envs for name in _select.RANK_VARIABLES if name in env}
-    assert variables == LAUNCHER_VARIABLES[how]
+    assert {name for env in envs for name in _select.RANK_VARIABLES if name in env} == variables
     if how == "sbatch + mpirun":  # the batch step's rank, inherited by every MPI rank
         assert {env["SLURM_PROCID"] for env in envs} == {"0"}
-
-
-# The rank variables each launcher sets (the README's table, HPC section).
-LAUNCHER_VARIABLES = {
-    "srun": {"SLURM_PROCID"},
-    "srun --mpi=pmix": {"PMIX_RANK", "SLURM_PROCID"},
-    "sbatch + mpirun": {"OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID"},
-    "mpirun": {"OMPI_COMM_WORLD_RANK", "PMIX_RANK"},
-    "sbatch --array + srun": {"SLURM_PROCID"},
-}
 
 
 @pytest.mark.parametrize("rank0_only", [True, False], ids=["rank0-only", "every-rank"])
@@ -103,7 +100,7 @@ def test_counts_per_job(
     extra = {"PYTHON_POPCONTEST_RANK0_ONLY": "1"} if rank0_only else {}
     env = base.enabled(sink, home, **extra)
     launch(how, cluster, [str(python_module.python), "-c", "import yaml"], env, tmp_path)
-    jobs, ranks = LAUNCHES[how]
+    jobs, ranks, _ = LAUNCHES[how]
     expected = jobs if rank0_only else jobs * ranks
     assert Counter(sink.lines()) == {
         "python_popcon.library_used.pyyaml:1|c": expected,
