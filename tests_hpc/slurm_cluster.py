@@ -4,6 +4,10 @@ Everything lives in one directory: the munge key and socket, slurm.conf, state, 
 and logs.  The three daemons are child processes in the foreground (``-F`` / ``-D``),
 found and stopped by PID.  ``SLURM_CONF`` in ``Cluster.environ`` points the client
 commands (``sinfo``, ``srun``, ``sbatch``, ``scancel``...) at this cluster.
+
+Jobs that are killed need nothing more: ``wait`` returns every terminal state
+(``CANCELLED`` after ``scancel``, ``TIMEOUT`` at ``--time``), and ``KillWait=5`` with
+``proctrack/pgid`` makes SIGTERM -> SIGKILL take 5 s and reach the job's Python.
 """
 
 from __future__ import annotations
