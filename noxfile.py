@@ -11,7 +11,7 @@ from pathlib import Path
 import nox
 
 ROOT = Path(__file__).parent
-nox.options.sessions = ["lint", "tests", "tests_sid", "e2e", "reliability"]
+nox.options.sessions = ["lint", "tests", "tests_sid", "e2e", "reliability", "hpc"]
 nox.options.reuse_existing_virtualenvs = True
 
 TEST_DEPS = ["pytest", "pytest-xdist", "uv", "hatchling", "statsd", "importlib-metadata"]
@@ -247,11 +247,25 @@ def reliability(session: nox.Session) -> None:
     )
 
 
+# A one-node Slurm cluster and Open MPI, from Debian; PMIx for ``srun --mpi=pmix``.
+HPC_DEBS = ["slurmctld", "slurmd", "slurm-client", "munge", "openmpi-bin", "libpmix-dev"]
+
+
+@nox.session(python="3.11")
+def hpc(session: nox.Session) -> None:
+    """Real Slurm and Open MPI jobs on 127.0.0.1 (tests_hpc/); needs root for the daemons."""
+    if os.geteuid() != 0:
+        session.error("hpc needs root (munge, slurmctld and slurmd run as root)")
+    _ensure_debs(session, HPC_DEBS)
+    session.install(*TEST_DEPS, ".")
+    session.run("python", "-m", "pytest", "tests_hpc", "-p", "no:cacheprovider", *session.posargs)
+
+
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff (lint + format check) and mypy --strict on src/."""
     session.install("ruff", "mypy", "statsd", "importlib-metadata")
-    paths = ["src", "tests", "tests_reliability", "benchmarks", "noxfile.py"]
+    paths = ["src", "tests", "tests_reliability", "tests_hpc", "benchmarks", "noxfile.py"]
     session.run("ruff", "check", *paths)
     session.run("ruff", "format", "--check", *paths)
     session.run("mypy", "--strict", "src")

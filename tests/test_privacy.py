@@ -86,6 +86,7 @@ def test_invalid_pattern_disables_reporting(env: Env, sink: UdpSink, home: Path)
         ({"PMI_RANK": "1"}, False),
         ({"OMPI_COMM_WORLD_RANK": "0"}, True),
         ({"OMPI_COMM_WORLD_RANK": "12"}, False),
+        ({"SLURM_PROCID": "0", "OMPI_COMM_WORLD_RANK": "2"}, False),  # sbatch + mpirun
         ({"SLURM_PROCID": "garbage"}, True),
         ({}, True),
     ],

@@ -96,6 +96,35 @@ def test_unsafe_names_never_reach_the_wire(name: str) -> None:
     assert _report.counter_lines("p", "reports", [name]) == ["reports:1|c"]
 
 
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        # What each launcher sets, measured on Slurm 22.05 and Open MPI 4.1 (tests_hpc/).
+        ({"SLURM_PROCID": "3"}, 3),  # srun
+        ({"SLURM_PROCID": "2", "PMIX_RANK": "2"}, 2),  # srun --mpi=pmix
+        ({"SLURM_PROCID": "1", "PMI_RANK": "1"}, 1),  # srun --mpi=pmi2
+        ({"OMPI_COMM_WORLD_RANK": "3", "PMIX_RANK": "3"}, 3),  # mpirun
+        ({"SLURM_PROCID": "0", "OMPI_COMM_WORLD_RANK": "3", "PMIX_RANK": "3"}, 3),  # in sbatch
+        ({"SLURM_PROCID": "0", "PMI_RANK": "2"}, 2),  # MPICH / Intel MPI mpiexec in sbatch
+        ({"SLURM_PROCID": "0", "MV2_COMM_WORLD_RANK": "5"}, 5),  # MVAPICH2 in sbatch
+        ({"PMIX_RANK": "4", "OMPI_COMM_WORLD_RANK": "1"}, 1),  # Open MPI's own first
+        ({"SLURM_PROCID": "0", "OMPI_COMM_WORLD_RANK": " 7 "}, 7),
+        # The innermost launcher's value is no rank: an outer one's is not used.
+        ({"SLURM_PROCID": "0", "OMPI_COMM_WORLD_RANK": "x"}, None),
+        ({"SLURM_PROCID": "3", "PMI_RANK": "-1"}, None),
+        ({"SLURM_PROCID": "3", "PMI_RANK": "1" * 19}, None),
+        ({"SLURM_PROCID": "3", "PMI_RANK": "\u0663"}, None),  # a non-ASCII digit
+        # Set but empty (or blank) is not set.
+        ({"SLURM_PROCID": "2", "OMPI_COMM_WORLD_RANK": "", "PMIX_RANK": " "}, 2),
+        ({}, None),
+    ],
+)
+def test_rank_comes_from_the_innermost_launcher(
+    environ: dict[str, str], expected: int | None
+) -> None:
+    assert _select.rank(environ) == expected
+
+
 def statsd_pipeline_bytes(lines: list[str]) -> list[bytes]:
     """What the statsd client's UDP pipeline puts on a real socket for these stats."""
     receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

@@ -125,6 +125,9 @@ def test_rank_variables_never_raise(ranks: dict[str, str], figures: Counter[str]
     figures["inputs fuzzed"] += 1
     found = _select.rank(ranks)
     assert found is None or found >= 0
+    # Only the first variable set (the innermost launcher's) is ever read.
+    first = next((ranks[v].strip() for v in RANKS if ranks.get(v, "").strip()), None)
+    assert found is None or found == int(first or "-1")
 
 
 @pytest.mark.fault

@@ -9,13 +9,15 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-# Set by Slurm, PMI/PMIx-based launchers, Open MPI and MVAPICH for every rank.
+# Set for every rank by the launcher that started it, innermost launcher first: an MPI
+# launcher inside a Slurm job (sbatch + mpirun) leaves the batch step's SLURM_PROCID=0
+# in every rank, so Slurm's variable is read last (README, HPC).
 RANK_VARIABLES = (
-    "SLURM_PROCID",
-    "PMI_RANK",
-    "PMIX_RANK",
-    "OMPI_COMM_WORLD_RANK",
-    "MV2_COMM_WORLD_RANK",
+    "OMPI_COMM_WORLD_RANK",  # Open MPI's mpirun
+    "PMIX_RANK",  # PMIx: Open MPI's mpirun, srun --mpi=pmix
+    "PMI_RANK",  # PMI-1/2: MPICH and Intel MPI (hydra), srun --mpi=pmi2
+    "MV2_COMM_WORLD_RANK",  # MVAPICH2
+    "SLURM_PROCID",  # srun; in a batch script, the batch step's 0
 )
 
 _PATTERN_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-*?[]!")
@@ -63,9 +65,13 @@ def matches_any(name: str, patterns: "tuple[str, ...]") -> bool:
 
 
 def rank(environ: "Mapping[str, str]") -> "int | None":
-    # This process's MPI/Slurm rank, from the launcher's variables; None outside a job.
+    # This process's MPI/Slurm rank; None outside a job.  The first of RANK_VARIABLES
+    # that is set decides: when its value is no rank, an outer launcher's rank does
+    # not describe this process either, so None (the process reports).
     for variable in RANK_VARIABLES:
         value = environ.get(variable, "").strip()
-        if value.isascii() and value.isdigit() and len(value) <= 18:  # int() refuses > 4300 digits
-            return int(value)
+        if value:
+            if value.isascii() and value.isdigit() and len(value) <= 18:  # int(): <= 4300 digits
+                return int(value)
+            return None
     return None
