@@ -13,7 +13,7 @@ import pytest
 import statsd
 
 import popcon_site
-from popcon_site import _index, _report
+from popcon_site import _index, _report, _select
 from popcon_site._indexer import shortest_unique_prefixes
 from popcon_site.cli import status
 
