@@ -203,6 +203,31 @@ def test_privacy_threshold_applies_to_the_site_total(site: Site) -> None:
     assert len(per_exporter) == 2 and all(v < K for v in per_exporter.values()), per_exporter
 
 
+def test_dashboard_sums_over_the_exporters(site: Site) -> None:
+    """Every panel shows one series per library (or one number), never one per exporter."""
+    board = json.loads((DEPLOY / "grafana" / "popcon-site-dashboard.json").read_text())
+    libraries = {lib for (ns, lib), n in site_totals().items()}
+    installed_series = site.prometheus.query("python_popcon_library_installed")
+    assert installed_series == []  # no inventory here: panel 5 is empty
+    expected = {1: {()}, 2: {()}, 3: libraries, 4: libraries, 5: set(), 6: {("", "pyyaml")}}
+    for panel in board["panels"]:
+        (target,) = panel["targets"]
+        expr = target["expr"].replace("$hub_namespace", ".*").replace("$__range", "1h")
+        result = site.prometheus.query(expr)
+        if panel["id"] == 6:
+            got = {(r["metric"].get("hub_namespace", ""), r["metric"]["library"]) for r in result}
+        elif panel["id"] in (3, 4, 5):
+            got = {r["metric"]["library"] for r in result}
+            assert all("instance" not in r["metric"] for r in result)
+        else:
+            got = {tuple(r["metric"].items()) for r in result}
+        assert got == expected[panel["id"]], (panel["title"], result)
+    (total,) = site.prometheus.query(
+        'sum by (library) (python_popcon_library_used{library="pyyaml"})'
+    )
+    assert float(total["value"][1]) == site_totals()[("", "pyyaml")]
+
+
 def test_remote_write_gives_victoria_metrics_the_same_totals(site: Site) -> None:
     expected = {key: float(n) for key, n in site_totals().items()}
     wait_for(lambda: site_sums(site.vm) == expected, "VictoriaMetrics to hold the totals", 30)
