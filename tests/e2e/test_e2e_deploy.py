@@ -21,6 +21,7 @@ import yaml
 from fixtures import e2e_env, installed_distributions
 from servers import DEPLOY, need
 
+import popcon_site
 from conftest import Env, base_environ
 from popcon_site import _report
 
@@ -33,11 +34,11 @@ HELM = DEPLOY / "helm" / "prometheus-statsd-exporter-values.yaml"
 Z2JH = DEPLOY / "kubernetes" / "z2jh-config.yaml"
 VM = DEPLOY / "vm"
 POPCON_KEYS = {
-    _report.ENV_ENABLE,
-    _report.ENV_HOST,
-    _report.ENV_PORT,
-    _report.ENV_PREFIX,
-    _report.ENV_PROTOCOL,
+    popcon_site.ENV_ENABLE,
+    popcon_site.ENV_HOST,
+    popcon_site.ENV_PORT,
+    popcon_site.ENV_PREFIX,
+    popcon_site.ENV_PROTOCOL,
 }
 
 
@@ -62,7 +63,7 @@ def wire_names(prefix: str, libraries: list[str]) -> list[str]:
 
 def test_mapping_maps_every_name_popcon_site_sends() -> None:
     rules = statsd_mapping.load(MAPPING)
-    default = wire_names(_report.DEFAULT_PREFIX, ["ruamel-yaml", "zope-interface"])
+    default = wire_names(popcon_site.DEFAULT_PREFIX, ["ruamel-yaml", "zope-interface"])
     assert [statsd_mapping.apply(rules, name, "counter") for name in default] == [
         ("python_popcon_library_used", {"library": "ruamel-yaml"}),
         ("python_popcon_library_used", {"library": "zope-interface"}),
@@ -243,7 +244,7 @@ def test_z2jh_config_reports_to_the_exporter_of_the_helm_values() -> None:
     assert all(isinstance(v, str) for v in env.values())  # Kubernetes wants strings
     assert set(env) <= POPCON_KEYS
     parsed = _report.config_from_environ(env)
-    assert _report.is_true(env[_report.ENV_ENABLE])
+    assert popcon_site.is_true(env[popcon_site.ENV_ENABLE])
     assert parsed.port == helm["statsd"]["udpPort"]
     assert parsed.protocol == "udp"
     # <release>-<chart>.<namespace>.svc.cluster.local., the chart's Service name
@@ -310,7 +311,7 @@ def test_vm_environment_file_enables_reporting_to_collectd() -> None:
     values = env_file(VM / "popcon-site.env")
     assert set(values) <= POPCON_KEYS
     parsed = _report.config_from_environ(values)
-    assert _report.is_true(values[_report.ENV_ENABLE])
+    assert popcon_site.is_true(values[popcon_site.ENV_ENABLE])
     assert (parsed.host, parsed.protocol) == ("127.0.0.1", "udp")  # collectd: UDP only
     collectd = (VM / "collectd.conf").read_text()
     statsd_block = re.search(r"<Plugin statsd>(.*?)</Plugin>", collectd, re.S)
@@ -484,7 +485,9 @@ def test_inventory_fails_cleanly_on_a_bad_port(e2e_env: Env) -> None:
     script = DEPLOY / "inventory" / "popcon-site-inventory.py"
     proc = e2e_env.run(str(script), env=base_environ(PYTHON_POPCONTEST_STATSD_PORT="99999"))
     assert (proc.returncode, proc.stdout) == (1, "")
-    assert proc.stderr.startswith("popcon-site-inventory: bad port")
+    assert proc.stderr == (
+        "popcon-site-inventory: PYTHON_POPCONTEST_STATSD_PORT='99999' is outside 1-65535\n"
+    )
 
 
 def test_deploy_readme_describes_every_shipped_file() -> None:

@@ -31,6 +31,7 @@ import pytest
 from fixtures import e2e_env, reporting_environ, run_processes
 from servers import DEPLOY, StatsdExporter, need, wait_for
 
+import popcon_site
 from conftest import Env
 from popcon_site import _report
 
@@ -47,7 +48,7 @@ LARGE_BUFFER = 4 * 1024 * 1024  # the documented --statsd.read-buffer
 def process_datagrams(count: int) -> list[bytes]:
     """What ``count`` processes send, each importing 12 of the site's 200 libraries."""
     rng = random.Random(11)
-    prefix = _report.DEFAULT_PREFIX
+    prefix = popcon_site.DEFAULT_PREFIX
     found = []
     for _ in range(count):
         lines = _report.counter_lines(
