@@ -210,7 +210,9 @@ def _ensure_debs(session: nox.Session, packages: list[str]) -> None:
     if os.geteuid() != 0:
         session.error(f"these Debian packages are needed (install them as root): {missing}")
     env = {"DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing]
+    # Others may run apt on a shared machine: wait for its lock instead of failing.
+    apt = ["apt-get", "-o", "DPkg::Lock::Timeout=300"]
+    install = [*apt, "install", "-y", "-qq", "--no-install-recommends", *missing]
     # No daemon may start on install (the prometheus package would listen on *:9090).
     policy = Path("/usr/sbin/policy-rc.d")
     added_policy = not policy.exists()
@@ -220,7 +222,7 @@ def _ensure_debs(session: nox.Session, packages: list[str]) -> None:
     try:
         # Package lists may be missing or stale on a fresh machine: update, then retry.
         if subprocess.run(install, env={**os.environ, **env}).returncode != 0:
-            session.run("apt-get", "update", "-qq", external=True, env=env)
+            session.run(*apt, "update", "-qq", external=True, env=env)
             session.run(*install, external=True, env=env)
     finally:
         if added_policy:

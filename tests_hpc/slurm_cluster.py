@@ -63,6 +63,8 @@ class Cluster:
     def start(self, timeout: float = 60) -> None:
         self._write_munge()
         self._write_conf()
+        # -f: munged refuses a socket directory that not every user can enter, as
+        # under pytest's private tmp; only root's jobs use this one.
         self._spawn("munged", [
             "munged", "-F", "-f",
             f"--socket={self.munge_socket}",
@@ -193,10 +195,6 @@ PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP
         log.close()
 
     def _idle(self) -> bool:
-        for name, proc in self.daemons.items():
-            if proc.poll() is not None:
-                out = (self.root / f"{name}.out").read_text(errors="replace")
-                raise AssertionError(f"{name} exited {proc.returncode}: {out}\n{self.logs()}")
         state = subprocess.run(
             ["sinfo", "-h", "-o", "%T"],
             capture_output=True,
@@ -205,10 +203,14 @@ PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP
         )
         return state.stdout.strip() == "idle"
 
-    @staticmethod
-    def _wait(ready: Callable[[], bool], what: str, timeout: float) -> None:
+    def _wait(self, ready: Callable[[], bool], what: str, timeout: float) -> None:
+        """Poll ``ready`` every 0.1 s; fail at once when a daemon has exited."""
         deadline = time.monotonic() + timeout
         while not ready():
+            for name, proc in self.daemons.items():
+                if proc.poll() is not None:
+                    out = (self.root / f"{name}.out").read_text(errors="replace")
+                    raise AssertionError(f"{name} exited {proc.returncode}: {out}\n{self.logs()}")
             if time.monotonic() > deadline:
                 raise AssertionError(f"timed out after {timeout} s waiting for {what}")
             time.sleep(0.1)

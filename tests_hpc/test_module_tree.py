@@ -30,6 +30,11 @@ def test_packages_in_their_own_prefixes_count_under_their_names(
     core = base.make_env(tmp_path / "python-3")
     core.install(str(wheel))
     version = core.site_packages.parent.name  # pythonX.Y
+    modules = ["yaml", "dateutil", "typing_extensions"]
+    found = core.run(
+        "-c", f"import importlib.util as u; print([m for m in {modules} if u.find_spec(m)])"
+    )
+    assert found.stdout.strip() == "[]", "the tree's modules must come only from the tree"
     tree = tmp_path / "opt" / "linux-x86_64"
     site_dirs = []
     for module, requirement in PACKAGES.items():
