@@ -21,8 +21,8 @@ import yaml
 from fixtures import e2e_env, installed_distributions
 from servers import DEPLOY, need
 
-from conftest import Env, base_environ
 from popcon_site import _report
+from support.envs import Env, base_environ
 
 __all__ = ["e2e_env"]  # the fixture, registered in this module
 
