@@ -58,15 +58,18 @@ def libraries(lines: Iterable[str], prefix: str = PREFIX) -> set[str]:
 def report(packet: bytes, prefix: str = DEFAULT_PREFIX) -> frozenset[str]:
     """The distributions one process reported in one datagram.
 
-    Fails unless the datagram is well formed (``check_wire``) and byte for byte what
-    ``counter_lines`` and ``datagrams`` write for those names: each once, sorted, then
-    the reports counter, once.
+    Fails unless the datagram is well formed (``check_wire``), holds each counter once
+    with the reports counter last, and is byte for byte what ``counter_lines`` and
+    ``datagrams`` write for those names.
     """
     check_wire([packet], (prefix + ".").encode())
-    names = frozenset(
-        name[len(prefix) + 1 :] for name in counters([packet]) if name.startswith(prefix + ".")
-    )
-    expected = datagrams(counter_lines(prefix, reports_name_for(prefix), names))
+    counts = counters([packet])
+    # Checked here, not only by comparing with counter_lines: a defect there is in both.
+    reports = reports_name_for(prefix)
+    assert set(counts.values()) == {1} and counts.get(reports) == 1, f"sent twice: {packet!r}"
+    assert packet.endswith(f"{reports}:1|c".encode()), f"reports is not last: {packet!r}"
+    names = frozenset(name[len(prefix) + 1 :] for name in counts if name.startswith(prefix + "."))
+    expected = datagrams(counter_lines(prefix, reports, names))
     assert [packet] == expected, (packet, expected)
     return names
 
