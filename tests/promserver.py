@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 import urllib.request
@@ -27,6 +26,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
+from support.ports import free_port
 
 Labels = Mapping[str, str]
 Series = tuple[str, Labels, list[tuple[float, float]]]  # metric, labels, (time, value)
@@ -92,12 +93,6 @@ def openmetrics(series: list[Series]) -> str:
         out += lines
     out.append("# EOF")
     return "\n".join(out) + "\n"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextmanager

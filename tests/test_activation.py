@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Env, UdpSink, base_environ, enabled, libraries, make_env
+from support.envs import Env, base_environ, enabled, make_env
+from support.sinks import UdpSink
+from support.wire import libraries
 
 # Python 3.15+ imports popcon_site for the .start entry point even when off
 # (PEP 829 entry points are module:callable); before 3.15 the .pth line does not.
@@ -256,10 +258,8 @@ def test_uncaught_exception_keeps_its_traceback_and_status(
 def test_ipv6_literal(env: Env, home: Path) -> None:
     import socket
 
-    from conftest import UdpSink as Sink
-
     try:
-        sink6 = Sink(socket.AF_INET6, "::1")
+        sink6 = UdpSink(socket.AF_INET6, "::1")
     except OSError:
         pytest.fail("this machine has no IPv6 loopback")
     try:

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Env, UdpSink, base_environ, enabled, libraries
+from support.envs import Env, base_environ, enabled
+from support.sinks import UdpSink
+from support.wire import libraries, per_process
 
 pytestmark = pytest.mark.slow
 
@@ -39,9 +41,8 @@ def sent(zoo: Env, sink: UdpSink, home: Path, code: str, **extra: str) -> set[st
     proc = zoo.run("-c", code, env=enabled(sink, home, **extra))
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
-    lines = sink.lines()
-    assert lines.count("python_popcon.reports:1|c") == 1, lines
-    return libraries(lines)
+    (report,) = per_process(sink.drain())
+    return set(report)
 
 
 def oracle(zoo: Env, home: Path, code: str) -> set[str]:

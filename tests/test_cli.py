@@ -24,7 +24,12 @@ from pathlib import Path
 import promserver
 import pytest
 
-from conftest import Env, UdpSink, base_environ, enabled, make_env
+from popcon_site.cli import COMMANDS
+from support.envs import Env, base_environ, enabled, make_env
+from support.ports import free_port
+from support.sinks import UdpSink
+from support.users import NOBODY, as_nobody
+from support.wire import counters
 
 # The hook this Python runs: PEP 829's .start from 3.15, the .pth line before.
 HOOK_FILE = "popcon_site.start" if sys.version_info >= (3, 15) else "popcon_site.pth"
@@ -98,13 +103,28 @@ def one_line_error(proc: subprocess.CompletedProcess[str], status: int, *words: 
 # -- the command line itself --------------------------------------------------------------------
 
 
+EXPECTED_COMMANDS = ["status", "which", "watch", "index", "unused", "top"]
+
+
+def listed_commands(help_text: str) -> list[str]:
+    """The subcommands ``--help`` lists: the first word of each line under ``COMMAND``."""
+    lines = help_text.splitlines()
+    start = lines.index("  COMMAND") + 1
+    names = []
+    for line in lines[start:]:
+        if not line.startswith("    "):
+            break
+        if line[4] != " ":  # deeper lines continue a command's help
+            names.append(line.split()[0])
+    return names
+
+
 def test_console_script_and_module_agree(env: Env, home: Path) -> None:
     script = cli(env, "--help", environ=private(home))
     module = cli(env, "--help", environ=private(home), module=True)
     assert script.returncode == module.returncode == 0
     assert script.stdout == module.stdout
-    for command in ("status", "which", "watch", "index", "unused", "top"):
-        assert command in script.stdout
+    assert listed_commands(script.stdout) == list(COMMANDS) == EXPECTED_COMMANDS
     version = cli(env, "--version", environ=private(home))
     assert version.stdout.startswith("popcon-site ")
 
@@ -346,15 +366,6 @@ if __name__ == "__main__":
 """
 
 
-def counters(lines: list[str]) -> dict[str, int]:
-    found: dict[str, int] = {}
-    for line in lines:
-        name, _, value = line.partition(":")
-        assert value == "1|c", line
-        found[name] = found.get(name, 0) + 1
-    return found
-
-
 def test_watch_counts_every_process_of_the_tree(
     env: Env, sink: UdpSink, home: Path, tmp_path: Path
 ) -> None:
@@ -363,7 +374,7 @@ def test_watch_counts_every_process_of_the_tree(
     # The oracle: the same command, reporting to a real UDP sink.
     oracle = env.run(str(script), env=enabled(sink, home))
     assert oracle.returncode == 0, oracle.stderr
-    expected = counters(sink.lines())
+    expected = counters(sink.drain())
     assert expected["python_popcon.reports"] >= 4  # parent, 2 subprocesses, spawned child
     # The spawned child runs the script's imports again (as __mp_main__): pyyaml twice.
     for name, n in (("pyyaml", 2), ("six", 1), ("idna", 1), ("attrs", 1)):
@@ -666,19 +677,6 @@ def test_status_without_the_hook(small: Env, home: Path) -> None:
     assert "yes, but the hook did NOT run in this process" in proc.stdout
 
 
-NOBODY = 65534
-
-
-def as_nobody(*command: str, environ: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *command],
-        capture_output=True,
-        text=True,
-        env=environ,
-        timeout=60,
-    )
-
-
 PROBE = "import subprocess, sys; sys.exit(subprocess.call([sys.executable, '-c', 'pass']))"
 
 
@@ -974,7 +972,7 @@ def test_a_selector_prometheus_rejects(env: Env, home: Path, prometheus: str, co
 
 @pytest.mark.parametrize("command", ["unused", "top"])
 def test_unreachable_prometheus(env: Env, home: Path, command: str) -> None:
-    url = f"http://127.0.0.1:{promserver.free_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     proc = cli(env, command, "--prometheus", url, environ=private(home))
     one_line_error(proc, 2, f"cannot reach Prometheus at {url}", "refused")
 
@@ -1053,34 +1051,3 @@ def test_credentials_in_the_url_become_basic_auth_and_stay_secret(env: Env, home
 def test_bad_prometheus_urls(env: Env, home: Path, url: str, reason: str) -> None:
     proc = cli(env, "unused", "--prometheus", url, environ=private(home))
     one_line_error(proc, 2, reason)
-
-
-# -- pure helpers, in this process ---------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("requirement", "name"),
-    [
-        ("six>=1.5", "six"),
-        ("Zope.Interface ; python_version < '3.12'", "zope-interface"),  # markers not evaluated
-        ("typing_extensions>=4; sys_platform == 'win32'", "typing-extensions"),
-        ("PySocks!=1.5.7,>=1.5.6; extra == 'socks'", None),  # only an extra asks for it
-        ('chardet<6,>=3.0.2; extra == "use-chardet-on-py3"', None),
-        ("foo; python_version < '3.8' or extra == 'x'", "foo"),  # maybe required: kept
-        ("", None),
-    ],
-)
-def test_required_name(requirement: str, name: str | None) -> None:
-    from popcon_site._installed import required_name
-
-    assert required_name(requirement) == name
-
-
-def test_bar_resolution() -> None:
-    from popcon_site.cli._output import bar as _bar
-
-    assert _bar(1.0) == "█" * 30
-    assert _bar(0.5) == "█" * 15
-    assert _bar(1 / 240) == "▏"  # one eighth of a character
-    assert _bar(0.0) == ""
-    assert _bar(0.5, blocks=False) == "#" * 15

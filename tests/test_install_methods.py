@@ -15,11 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, Env, UdpSink, base_environ, enabled, libraries, make_env, uv
+from support.distinfo import write_dist_info
+from support.envs import ROOT, Env, base_environ, enabled, make_env, uv
+from support.sinks import UdpSink
+from support.wire import per_process
 
 pytestmark = pytest.mark.slow
 
-REPORTS = "python_popcon.reports:1|c"
 STARTUP_FILE = Path("etc", "ipython", "startup", "00-popcon-site.py")
 
 
@@ -40,9 +42,8 @@ def sent(env: Env, sink: UdpSink, home: Path, code: str, cwd: Path | None = None
     """The distributions one reporting process sent; also checks it was silent and sent once."""
     proc = env.run("-c", code, env=enabled(sink, home), cwd=cwd)
     assert (proc.returncode, proc.stderr) == (0, ""), proc.stderr
-    lines = sink.lines()
-    assert lines.count(REPORTS) == 1, lines
-    return libraries(lines)
+    (report,) = per_process(sink.drain())
+    return set(report)
 
 
 def record_of(site: Path, distribution: str) -> list[str]:
@@ -159,9 +160,7 @@ def test_editable_hatchling_project_counts_under_its_name(
     proc = devenv.run("-c", code, env=enabled(sink, home), cwd=tmp_path)
     assert (proc.returncode, proc.stderr) == (0, "")
     assert proc.stdout.strip() == str(project / "src" / "mylocalpkg" / "__init__.py")
-    lines = sink.lines()
-    assert lines.count(REPORTS) == 1
-    assert libraries(lines) == {"mylocal-proj", "six"}
+    assert per_process(sink.drain()) == [{"mylocal-proj", "six"}]
     # A module of the project imported alone counts too (no parent already loaded by anyone).
     assert sent(devenv, sink, home, "import mylocalpkg.sub", cwd=tmp_path) == {"mylocal-proj"}
 
@@ -215,9 +214,7 @@ def test_editable_setuptools_project_counts_under_its_name(
     )
     assert (proc.returncode, proc.stderr) == (0, "")
     assert proc.stdout.strip() == str(source / "__init__.py")
-    lines = sink.lines()
-    assert lines.count(REPORTS) == 1
-    assert libraries(lines) == {dist}
+    assert per_process(sink.drain()) == [{dist}]
 
 
 # --- the user site of a base interpreter ------------------------------------------------------
@@ -301,10 +298,7 @@ def test_user_site_install(tmp_path: Path, wheel: Path, sink: UdpSink, home: Pat
     )
     assert (proc.returncode, proc.stderr) == (0, "")
     assert proc.stdout.strip() == str(user_site / "six.py")
-    lines = sink.lines()
-    assert lines.count(REPORTS) == 1, lines
-    reported = libraries(lines)
-    assert "six" in reported
+    (reported,) = per_process(sink.drain())
     # The user site is processed before the base site-packages, so the .pth files there
     # (setuptools' distutils-precedence.pth imports _distutils_hack) run after activation.
     assert reported == {"six"}, "start-up imports of later .pth files were counted"
@@ -321,12 +315,13 @@ def legacy(tmp_path_factory: pytest.TempPathFactory, wheel: Path) -> Env:
     site = env.site_packages
 
     def dist_info(name: str, top_level: str | None = None, metadata: bool = True) -> None:
-        info = site / f"{name}-1.0.dist-info"
-        info.mkdir()
-        if metadata:
-            (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
-        if top_level is not None:
-            (info / "top_level.txt").write_text(top_level + "\n")
+        write_dist_info(
+            site,
+            f"{name}-1.0.dist-info",
+            name if metadata else None,
+            record=False,
+            top_level=top_level,
+        )
 
     # dist-info with top_level.txt but no RECORD: a package and a one-file module.
     dist_info("legacydist", "legacymod")

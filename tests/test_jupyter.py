@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Env, UdpSink, base_environ, enabled, libraries, make_env, uv
+from support.envs import Env, base_environ, enabled, make_env, uv
+from support.sinks import UdpSink
+from support.wire import libraries, per_process
 
 pytestmark = pytest.mark.slow
 
-REPORTS = "python_popcon.reports:1|c"
 STARTUP_FILE = Path("etc", "ipython", "startup", "00-popcon-site.py")
 
 DRIVER = textwrap.dedent("""\
@@ -102,19 +103,15 @@ def test_kernel_counts_only_what_cells_import(
 ) -> None:
     assert (jupyter.root / STARTUP_FILE).exists()
     run_cell_in_kernel(jupyter, sink, home, tmp_path, "import yaml")
-    lines = sink.lines()
-    assert lines.count(REPORTS) == 1, lines
     # Not ipython, ipykernel, pyzmq, tornado, traitlets, jupyter-client, debugpy, comm...
-    assert libraries(lines) == {"pyyaml"}
+    assert per_process(sink.drain()) == [{"pyyaml"}]
 
 
 def test_kernel_cell_importing_nothing_sends_only_reports(
     jupyter: Env, sink: UdpSink, home: Path, tmp_path: Path
 ) -> None:
     run_cell_in_kernel(jupyter, sink, home, tmp_path, "x = 1 + 1")
-    lines = sink.lines()
-    assert lines.count(REPORTS) == 1, lines
-    assert libraries(lines) == set()
+    assert per_process(sink.drain()) == [set()]
 
 
 def test_package_installed_from_a_running_kernel_counts(
@@ -136,9 +133,7 @@ def test_package_installed_from_a_running_kernel_counts(
         import msgpack
         """)
     run_cell_in_kernel(env, sink, home, tmp_path, code)
-    lines = sink.lines()
-    assert lines.count(REPORTS) == 1, lines
-    assert libraries(lines) == {"msgpack"}
+    assert per_process(sink.drain()) == [{"msgpack"}]
 
 
 def test_terminal_ipython_counts_only_what_the_code_imports(
@@ -148,9 +143,7 @@ def test_terminal_ipython_counts_only_what_the_code_imports(
     variables = enabled(sink, home, **private_dirs(tmp_path, home))
     proc = jupyter.run("-m", "IPython", "-c", "import yaml", env=variables, cwd=tmp_path)
     assert (proc.returncode, proc.stderr) == (0, ""), proc.stderr
-    lines = sink.lines()
-    assert lines.count(REPORTS) == 1, lines
-    assert libraries(lines) == {"pyyaml"}
+    assert per_process(sink.drain()) == [{"pyyaml"}]
 
 
 def test_plain_python_is_unaffected_by_the_startup_file(
@@ -161,9 +154,7 @@ def test_plain_python_is_unaffected_by_the_startup_file(
     code = "import sys, yaml; print('popcon_site._ipython' in sys.modules)"
     proc = jupyter.run("-c", code, env=variables, cwd=tmp_path)
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, "False\n", "")
-    lines = sink.lines()
-    assert lines.count(REPORTS) == 1, lines
-    assert libraries(lines) == {"pyyaml"}
+    assert per_process(sink.drain()) == [{"pyyaml"}]
 
     proc = jupyter.run("-c", "import IPython, yaml", env=variables, cwd=tmp_path)
     assert (proc.returncode, proc.stderr) == (0, "")

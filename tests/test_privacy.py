@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Env, UdpSink, enabled, libraries, make_env
-
-LINE = re.compile(rb"[A-Za-z0-9_.-]+:1\|c")
+from support.envs import Env, enabled, make_env
+from support.sinks import UdpSink
+from support.wire import LINE, REPORTS, libraries
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,7 @@ def test_include_and_exclude(
     proc = env.run("-c", CODE, env=enabled(sink, home, **variables))
     assert (proc.returncode, proc.stderr) == (0, "")
     lines = sink.lines()
-    assert lines[-1] == "python_popcon.reports:1|c", "the process itself is always counted"
+    assert lines[-1] == REPORTS, "the process itself is always counted"
     assert libraries(lines) == expected
 
 

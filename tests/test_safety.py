@@ -7,21 +7,15 @@ import shlex
 import socket
 import statistics
 import subprocess
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import Env, UdpSink, base_environ, enabled, libraries, make_env
-
-# A .pth line runs inside site's addpackage(): names it imports are locals there, so
-# the lambda binds `time` as a default argument (a global lookup would raise NameError
-# at once, and the "hanging" resolver would fail fast instead).
-HANG_PTH = (
-    "import _socket, time; "
-    "_socket.getaddrinfo = lambda *args, _time=time, **kwargs: _time.sleep(3600)\n"
-)
+from support.envs import HANG_PTH, Env, base_environ, enabled, make_env
+from support.ports import free_port
+from support.sinks import TcpCollector, UdpSink
+from support.wire import libraries
 
 
 @pytest.fixture(scope="module")
@@ -68,38 +62,6 @@ def test_resolver_that_never_answers_costs_at_most_a_quarter_second(
     )
 
 
-class TcpCollector:
-    """A real TCP statsd-style listener that keeps every byte of every connection."""
-
-    def __init__(self, read: bool = True) -> None:
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.port = self.server.getsockname()[1]
-        self.data: list[bytes] = []
-        self.read = read
-        self.held: list[socket.socket] = []
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.server.accept()
-            except OSError:
-                return
-            if not self.read:
-                self.held.append(conn)  # accept, never read
-                continue
-            chunks = []
-            with conn:
-                while chunk := conn.recv(65536):
-                    chunks.append(chunk)
-            self.data.append(b"".join(chunks))
-
-    def close(self) -> None:
-        self.server.close()
-        for conn in self.held:
-            conn.close()
-
-
 def test_tcp_transport_sends_statsd_stream_bytes(env: Env, home: Path, sink: UdpSink) -> None:
     collector = TcpCollector()
     try:
@@ -111,10 +73,7 @@ def test_tcp_transport_sends_statsd_stream_bytes(env: Env, home: Path, sink: Udp
         )
         proc = env.run("-c", "import six", env=variables)
         assert (proc.returncode, proc.stdout, proc.stderr) == (0, "", "")
-        deadline = time.monotonic() + 5
-        while not collector.data and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert collector.data == [
+        assert collector.wait_for(1) == [
             b"python_popcon.library_used.six:1|c\npython_popcon.reports:1|c\n"
         ]
     finally:
@@ -150,10 +109,7 @@ def test_tcp_does_not_count_the_reporters_statsd_import(
             PYTHON_POPCONTEST_STATSD_PROTOCOL="tcp",
         )
         assert env.run("-c", "pass", env=variables).returncode == 0
-        deadline = time.monotonic() + 5
-        while not collector.data and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert collector.data == [b"python_popcon.reports:1|c\n"]
+        assert collector.wait_for(1) == [b"python_popcon.reports:1|c\n"]
     finally:
         collector.close()
 
@@ -209,10 +165,7 @@ def test_closed_port_costs_no_more_than_an_open_one(env: Env, home: Path, protoc
     (Compared with a reachable server, not with reporting off: TCP's fixed cost, importing
     the statsd client, is not a cost of the closed port.)
     """
-    kind = socket.SOCK_DGRAM if protocol == "udp" else socket.SOCK_STREAM
-    with socket.socket(socket.AF_INET, kind) as probe:
-        probe.bind(("127.0.0.1", 0))
-        closed_port = probe.getsockname()[1]  # closed once the block ends
+    closed_port = free_port(socket.SOCK_DGRAM if protocol == "udp" else socket.SOCK_STREAM)
     server: TcpCollector | UdpSink = TcpCollector() if protocol == "tcp" else UdpSink()
 
     def variables(port: int) -> dict[str, str]:

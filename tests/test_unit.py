@@ -8,6 +8,7 @@ import socket
 import stat
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import statsd
@@ -144,13 +145,19 @@ def statsd_pipeline_bytes(lines: list[str]) -> list[bytes]:
     return packets
 
 
-@pytest.mark.parametrize("count", [0, 1, 7, 60, 500])
-def test_datagrams_are_byte_identical_to_the_statsd_pipeline(count: int) -> None:
+# Each line is 55 bytes ("python_popcon.library_used.distribution-number-0000:1|c"):
+# nine fill 503 bytes, a tenth would make 559, over statsd's 512; the 25-byte reports
+# line ends the last datagram.
+@pytest.mark.parametrize(
+    ("count", "sizes"),
+    [(0, [25]), (1, [81]), (7, [417]), (60, [503] * 6 + [361]), (500, [503] * 55 + [305])],
+)
+def test_datagrams_are_byte_identical_to_the_statsd_pipeline(count: int, sizes: list[int]) -> None:
     names = [f"distribution-number-{i:04d}" for i in range(count)]
     lines = _report.counter_lines("python_popcon.library_used", "python_popcon.reports", names)
     ours = _report.datagrams(lines)
     assert ours == statsd_pipeline_bytes(lines)
-    assert all(len(packet) < _report.MAX_DATAGRAM for packet in ours)
+    assert [len(packet) for packet in ours] == sizes
     assert b"\n".join(ours).decode().split("\n") == lines
 
 
@@ -282,12 +289,21 @@ def test_failed_imports_are_told_apart_from_cached_listings(
     assert _report.module_files(["not_there"], seen=["not_there"]) == set()
 
 
-def test_status_names_the_pth_hook_when_no_start_file_is_beside_it() -> None:
-    elsewhere = ["/a/site-packages/popcon_site.pth", "/b/site-packages/popcon_site.start"]
-    beside = ["/a/site-packages/popcon_site.pth", "/a/site-packages/popcon_site.start"]
-    pth_runs = sys.version_info < (3, 18)
-    start_wins = sys.version_info >= (3, 15)
-    expected_elsewhere = "popcon_site.pth" if pth_runs else "popcon_site.start"
-    expected_beside = "popcon_site.start" if start_wins else "popcon_site.pth"
-    assert status._hook_used_by_this_python(elsewhere) == expected_elsewhere
-    assert status._hook_used_by_this_python(beside) == expected_beside
+@pytest.mark.parametrize(
+    ("version", "elsewhere", "beside"),
+    [
+        ((3, 9), "popcon_site.pth", "popcon_site.pth"),
+        ((3, 14), "popcon_site.pth", "popcon_site.pth"),
+        ((3, 15), "popcon_site.pth", "popcon_site.start"),  # PEP 829: .start wins beside it
+        ((3, 17), "popcon_site.pth", "popcon_site.start"),
+        ((3, 18), "popcon_site.start", "popcon_site.start"),  # .pth import lines ignored
+    ],
+)
+def test_status_names_the_pth_hook_when_no_start_file_is_beside_it(
+    monkeypatch: pytest.MonkeyPatch, version: tuple[int, int], elsewhere: str, beside: str
+) -> None:
+    monkeypatch.setattr(status, "sys", SimpleNamespace(version_info=(*version, 0)))
+    pth_here = ["/a/site-packages/popcon_site.pth", "/b/site-packages/popcon_site.start"]
+    both_here = ["/a/site-packages/popcon_site.pth", "/a/site-packages/popcon_site.start"]
+    assert status._hook_used_by_this_python(pth_here) == elsewhere
+    assert status._hook_used_by_this_python(both_here) == beside

@@ -1,4 +1,4 @@
-"""Helpers of the reliability suite: synthetic wheels, the statsd daemon, network namespaces.
+"""Helpers of the reliability suite: exit timing, the statsd daemon, network namespaces.
 
 Everything stays on this machine: servers listen on 127.0.0.1 / ::1, and every
 simulated network (a resolver that never answers, NXDOMAIN, no route, an
@@ -8,9 +8,7 @@ has nothing but its own loopback interface.
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -19,91 +17,13 @@ import socket
 import subprocess
 import sys
 import time
-import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
+
+from support.ports import free_port
 
 HERE = Path(__file__).resolve().parent
 DRIVER = HERE / "netns_driver.py"
-
-# One statsd counter line as popcon-site may send it; anything else is injected or malformed.
-LINE = re.compile(rb"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*:1\|c")
-NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,198}[a-z0-9])?")
-
-
-def check_wire(
-    packets: Iterable[bytes], prefix: bytes = b"python_popcon.library_used."
-) -> list[str]:
-    """Every datagram well formed; returns the lines.  Fails on any injected or malformed byte."""
-    lines: list[str] = []
-    for packet in packets:
-        assert 0 < len(packet) < 512, len(packet)
-        for line in packet.split(b"\n"):
-            assert LINE.fullmatch(line), f"malformed or injected line {line!r} in {packet!r}"
-            name = line[: -len(b":1|c")]
-            if name.startswith(prefix):
-                assert NAME.fullmatch(name[len(prefix) :].decode()), line
-            lines.append(line.decode("ascii"))
-    return lines
-
-
-# -- synthetic distributions -----------------------------------------------------------
-
-
-def wheel_file_name(name: str, version: str) -> str:
-    return f"{re.sub(r'[-_.]+', '_', name)}-{version}-py3-none-any.whl"
-
-
-def _record_hash(data: bytes) -> str:
-    digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-    return f"sha256={digest}"
-
-
-def build_wheel(out: Path, name: str, files: Mapping[str, str], version: str = "1.0") -> Path:
-    """A real, installable wheel (METADATA, WHEEL, RECORD with hashes) holding ``files``."""
-    dist_info = f"{re.sub(r'[-_.]+', '_', name)}-{version}.dist-info"
-    contents = dict(files)
-    contents[f"{dist_info}/METADATA"] = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
-    contents[f"{dist_info}/WHEEL"] = (
-        "Wheel-Version: 1.0\nGenerator: popcon-reliability\nRoot-Is-Purelib: true\n"
-        "Tag: py3-none-any\n"
-    )
-    record = [
-        f"{path},{_record_hash(text.encode())},{len(text.encode())}"
-        for path, text in contents.items()
-    ]
-    record.append(f"{dist_info}/RECORD,,")
-    contents[f"{dist_info}/RECORD"] = "\n".join(record) + "\n"
-    path = out / wheel_file_name(name, version)
-    with zipfile.ZipFile(path, "w") as archive:
-        for member, text in contents.items():
-            archive.writestr(member, text)
-    return path
-
-
-def write_dist_info(
-    site_packages: Path,
-    dir_name: str,
-    metadata_name: str,
-    files: Mapping[str, str],
-    record_extra: Iterable[str] = (),
-) -> None:
-    """Install a distribution by hand, as a broken or hostile installer would (no validation).
-
-    ``metadata_name`` is written verbatim into METADATA's ``Name:`` header.
-    """
-    for rel, text in files.items():
-        target = site_packages / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text)
-    info = site_packages / dir_name
-    info.mkdir()
-    (info / "METADATA").write_text(
-        f"Metadata-Version: 2.1\nName: {metadata_name}\nVersion: 1.0\n", encoding="utf-8"
-    )
-    record = [f"{rel},," for rel in files] + list(record_extra) + [f"{dir_name}/RECORD,,"]
-    (info / "RECORD").write_text("\n".join(record) + "\n", encoding="utf-8")
-
 
 # -- exit-delay instrumentation --------------------------------------------------------
 
@@ -189,13 +109,6 @@ def exit_peaks(path: Path) -> list[int]:
 
 STATSD_VERSION = "0.9.0"
 _COUNTER = re.compile(r"^\s*(?:'((?:[^'\\]|\\.)*)'|([A-Za-z_$][\w$]*)): (\d+),?$")
-
-
-def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, kind) as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
 
 
 def install_statsd(directory: Path) -> Path:

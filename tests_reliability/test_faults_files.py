@@ -14,18 +14,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from reliability_support import check_wire
+from reliability_support import install_exit_timer
 
-from conftest import (
-    AS_NOBODY,
-    FEW_MS_BOUND,
-    NO_CACHE_BOUND,
-    NOBODY,
-    Env,
-    UdpSink,
-    enabled,
-    exit_delay,
-)
+from conftest import FEW_MS_BOUND, NO_CACHE_BOUND, exit_delay
+from support.envs import Env, enabled, make_env
+from support.sinks import UdpSink
+from support.users import AS_NOBODY, NOBODY
+from support.wire import check_wire
 
 pytestmark = pytest.mark.fault
 
@@ -333,10 +328,6 @@ def test_system_index_serves_read_only_homes(
     tmp_path: Path, wheel: Path, sink: UdpSink, home: Path
 ) -> None:
     """The README's deployment: ``popcon-site index --system``, then nothing is built or written."""
-    from reliability_support import install_exit_timer
-
-    from conftest import make_env
-
     env = make_env(tmp_path / "venv")
     env.install(str(wheel), "six")
     install_exit_timer(env.site_packages)

@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from reliability_support import EXIT_TIMER_ENV, check_wire, encode_env, exit_times, run_in_netns
+from reliability_support import EXIT_TIMER_ENV, encode_env, exit_times, run_in_netns
 
-from conftest import FEW_MS_BOUND, NETWORK_BOUND, TCP_BOUND, WALL_SLACK, Env, base_environ
+from conftest import FEW_MS_BOUND, NETWORK_BOUND, TCP_BOUND, WALL_SLACK
+from support.envs import Env, base_environ
+from support.wire import check_wire
 
 pytestmark = [pytest.mark.fault, pytest.mark.netns, pytest.mark.usefixtures("netns")]
 

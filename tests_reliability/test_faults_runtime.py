@@ -12,40 +12,22 @@ import time
 from pathlib import Path
 
 import pytest
-from reliability_support import EXIT_TIMER_ENV, check_wire, exit_times, install_exit_timer
+from reliability_support import EXIT_TIMER_ENV, exit_times, install_exit_timer
 
-from conftest import (
-    NETWORK_BOUND,
-    Env,
-    UdpSink,
-    enabled,
-    exit_delay,
-    make_env,
-)
+from conftest import NETWORK_BOUND, TCP_BOUND, exit_delay
+from support.envs import HANG_PTH, Env, enabled, make_env, uv
+from support.sinks import TcpCollector, UdpSink
+from support.wire import per_process
 
 pytestmark = pytest.mark.fault
 
-PREFIX = "python_popcon.library_used."
-REPORTS = "python_popcon.reports:1|c"
-# Default argument: a .pth line runs in site's globals, where a bare ``time`` is undefined
-# (tests/test_safety.py's HANG_PTH raises NameError at once instead of hanging).
-HANG_PTH = (
-    "import _socket, time; "
-    "_socket.getaddrinfo = lambda *args, _sleep=time.sleep, **kwargs: _sleep(3600)\n"
-)
 
-
-def reports(sink: UdpSink) -> list[set[str]]:
+def reports(sink: UdpSink) -> list[frozenset[str]]:
     """One set of distributions per process that reported (one datagram each here)."""
-    out = []
-    for packet in sink.drain():
-        lines = check_wire([packet])
-        assert lines[-1] == REPORTS and lines.count(REPORTS) == 1, lines
-        out.append({line[len(PREFIX) : -len(":1|c")] for line in lines[:-1]})
-    return out
+    return per_process(sink.drain())
 
 
-def main_report(sink: UdpSink) -> set[str]:
+def main_report(sink: UdpSink) -> frozenset[str]:
     """The one report with libraries; uv's short interpreter probes report nothing."""
     sent = reports(sink)
     with_libraries = [r for r in sent if r]
@@ -79,10 +61,8 @@ def hang_env(tmp_path_factory: pytest.TempPathFactory, wheel: Path) -> Env:
 
 
 def uv_pip(env: Env, *args: str) -> str:
-    from conftest import base
-
     return (
-        f"import subprocess; subprocess.run([{base.uv()!r}, 'pip', *{list(args)!r}, "
+        f"import subprocess; subprocess.run([{uv()!r}, 'pip', *{list(args)!r}, "
         f"'--quiet', '--python', {str(env.python)!r}], check=True)\n"
     )
 
@@ -511,53 +491,24 @@ def test_under_pytest_assertion_rewriting(
 # -- the TCP transport's own cost ------------------------------------------------------------
 
 
-class _TcpCollector:
-    """A statsd-style TCP listener on 127.0.0.1 that reads every connection to the end."""
-
-    def __init__(self) -> None:
-        import socket
-        import threading
-
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.port = self.server.getsockname()[1]
-        self.data: list[bytes] = []
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.server.accept()
-            except OSError:
-                return
-            with conn:
-                chunks = []
-                while chunk := conn.recv(65536):
-                    chunks.append(chunk)
-                self.data.append(b"".join(chunks))
-
-
-TCP_BOUND = 0.15
-
-
 def test_tcp_report_is_bounded(relenv: Env, sink: UdpSink, home: Path, tmp_path: Path) -> None:
-    collector = _TcpCollector()
+    collector = TcpCollector()
     code = "import six, sys; sys.exit(3)"
-    relenv.run("-c", code, env=enabled(sink, home))  # a warm index
-    sink.drain()
-    udp = exit_delay(relenv, code, enabled(sink, home), tmp_path / "udp", status=3, runs=7)
-    tcp_variables = enabled(
-        sink,
-        home,
-        PYTHON_POPCONTEST_STATSD_PORT=str(collector.port),
-        PYTHON_POPCONTEST_STATSD_PROTOCOL="tcp",
-    )
-    tcp = exit_delay(relenv, code, tcp_variables, tmp_path / "tcp", status=3, runs=7)
-    deadline = time.monotonic() + 5
-    while len(collector.data) < 7 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert (
-        collector.data == [b"python_popcon.library_used.six:1|c\npython_popcon.reports:1|c\n"] * 7
-    )
+    try:
+        relenv.run("-c", code, env=enabled(sink, home))  # a warm index
+        sink.drain()
+        udp = exit_delay(relenv, code, enabled(sink, home), tmp_path / "udp", status=3, runs=7)
+        tcp_variables = enabled(
+            sink,
+            home,
+            PYTHON_POPCONTEST_STATSD_PORT=str(collector.port),
+            PYTHON_POPCONTEST_STATSD_PROTOCOL="tcp",
+        )
+        tcp = exit_delay(relenv, code, tcp_variables, tmp_path / "tcp", status=3, runs=7)
+        received = collector.wait_for(7)
+    finally:
+        collector.close()
+    assert received == [b"python_popcon.library_used.six:1|c\npython_popcon.reports:1|c\n"] * 7
     # TCP pays for importing the statsd package's client at exit (~15-35 ms here), by
     # design (the issue's choice of transport implementation); bounded, not free.
     assert tcp <= udp + TCP_BOUND, (udp, tcp)

@@ -19,18 +19,18 @@ import pytest
 from reliability_support import (
     EXIT_TIMER_ENV,
     StatsdDaemon,
-    build_wheel,
-    check_wire,
     exit_peaks,
     exit_times,
     install_exit_timer,
 )
 
-from conftest import Env, UdpSink, base_environ, enabled, make_env
+from support.distinfo import build_wheel
+from support.envs import Env, base_environ, enabled, make_env
+from support.sinks import UdpSink
+from support.wire import PREFIX, check_wire
 
 PROCESSES = int(os.environ.get("POPCON_LOAD_PROCESSES", "2000"))
 CONCURRENCY = int(os.environ.get("POPCON_LOAD_CONCURRENCY", "4"))
-PREFIX = "python_popcon.library_used."
 
 # Process i imports a different mix, so that every counter has its own exact total.
 MIX = {"six": 2, "attrs": 3, "idna": 5, "typing-extensions": 7}

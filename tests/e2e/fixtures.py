@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from servers import DEPLOY
 
-from conftest import Env, base_environ, make_env
+from support.envs import Env, base_environ, make_env
 
 # Pinned, so that what each import statement pulls in stays exactly as asserted below.
 # Dotted (ruamel.yaml, zope.interface), underscored (typing_extensions) and dashed

@@ -26,6 +26,8 @@ from typing import Any
 
 import pytest
 
+from support.ports import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 
@@ -38,21 +40,6 @@ def need(binary: str) -> str:
     if not found:
         pytest.fail(f"{binary} is not installed: run `nox -s e2e`, which installs it")
     return found
-
-
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    """A port that is free on 127.0.0.1 for ``kind`` (and, for UDP, for TCP too)."""
-    while True:
-        with socket.socket(socket.AF_INET, kind) as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        other = socket.SOCK_STREAM if kind == socket.SOCK_DGRAM else socket.SOCK_DGRAM
-        try:
-            with socket.socket(socket.AF_INET, other) as sock:
-                sock.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return port
 
 
 def bound(proto: str, port: int) -> bool:

@@ -22,8 +22,8 @@ from fixtures import e2e_env, installed_distributions
 from servers import DEPLOY, need
 
 import popcon_site
-from conftest import Env, base_environ
 from popcon_site import _report
+from support.envs import Env, base_environ
 
 __all__ = ["e2e_env"]  # the fixture, registered in this module
 

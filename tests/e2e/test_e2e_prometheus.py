@@ -40,7 +40,7 @@ from fixtures import (
 )
 from servers import DEPLOY, Collectd, Prometheus, StatsdExporter, need, wait_for
 
-from conftest import Env
+from support.envs import Env
 
 __all__ = ["e2e_env"]  # the fixture, registered in this module
 

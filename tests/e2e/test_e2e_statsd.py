@@ -22,7 +22,7 @@ from fixtures import (
 )
 from servers import StatsdDaemon
 
-from conftest import Env
+from support.envs import Env
 
 __all__ = ["e2e_env"]  # the fixture, registered in this module
 
