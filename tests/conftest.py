@@ -1,8 +1,4 @@
-"""Fixtures of the main suite; the helpers every suite shares live in tests/support/.
-
-The names below stay importable from here (``from conftest import Env, ...``) for
-test modules written against the earlier conftest; new code imports from support.
-"""
+"""Fixtures of the main suite; the helpers every suite shares live in tests/support/."""
 
 from __future__ import annotations
 
@@ -10,23 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from support.envs import ROOT, Env, base_environ, enabled, make_env, uv
-from support.sinks import UdpSink
-from support.wire import PREFIX, libraries
+from support.envs import Env, make_env
 
 pytest_plugins = ["support.fixtures"]  # wheel, sink, home
-
-__all__ = [
-    "PREFIX",
-    "ROOT",
-    "Env",
-    "UdpSink",
-    "base_environ",
-    "enabled",
-    "libraries",
-    "make_env",
-    "uv",
-]
 
 
 @pytest.fixture(scope="session")

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import UdpSink, base_environ, enabled
 from popcon_site._report import parse_lines
+from support.envs import base_environ, enabled
+from support.sinks import UdpSink
 
 PYTHON = os.environ.get("POPCON_DEBIAN_SYSTEM_PYTHON", "")
 pytestmark = pytest.mark.skipif(

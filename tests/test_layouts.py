@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Env, UdpSink, base_environ, enabled, make_env, uv
 from popcon_site._report import parse_lines
+from support.envs import Env, base_environ, enabled, make_env, uv
+from support.sinks import UdpSink
 
 PREFIX = "python_popcon.library_used."
 REPORTS = "python_popcon.reports"

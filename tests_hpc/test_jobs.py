@@ -18,8 +18,9 @@ from typing import NamedTuple
 import pytest
 from slurm_cluster import LAUNCHER_PREFIXES, Cluster, without_launchers
 
-from conftest import base
 from popcon_site import _select
+from support.envs import Env, base_environ, enabled
+from support.sinks import UdpSink
 
 MPIRUN = ["mpirun", "--allow-run-as-root", "--oversubscribe"]
 RANKS = 4  # more tasks than the machine's CPUs: srun and sbatch need -O (overcommit)
@@ -77,7 +78,7 @@ def test_every_rank_finds_its_own_rank(how: str, cluster: Cluster, tmp_path: Pat
         f" if k.startswith({LAUNCHER_PREFIXES!r})}}; "
         f"open(f'{tmp_path}/env-{{os.getpid()}}.json', 'w').write(json.dumps(env))"
     )
-    launch(how, cluster, ["python3", "-c", dump], base.base_environ(), tmp_path)
+    launch(how, cluster, ["python3", "-c", dump], base_environ(), tmp_path)
     envs = [json.loads(path.read_text()) for path in tmp_path.glob("env-*.json")]
     jobs, ranks, variables = LAUNCHES[how]
     assert sorted(_select.rank(env) for env in envs) == sorted(list(range(ranks)) * jobs)
@@ -92,13 +93,13 @@ def test_counts_per_job(
     how: str,
     rank0_only: bool,
     cluster: Cluster,
-    python_module: base.Env,
-    sink: base.UdpSink,
+    python_module: Env,
+    sink: UdpSink,
     home: Path,
     tmp_path: Path,
 ) -> None:
     extra = {"PYTHON_POPCONTEST_RANK0_ONLY": "1"} if rank0_only else {}
-    env = base.enabled(sink, home, **extra)
+    env = enabled(sink, home, **extra)
     launch(how, cluster, [str(python_module.python), "-c", "import yaml"], env, tmp_path)
     jobs, ranks, _ = LAUNCHES[how]
     expected = jobs if rank0_only else jobs * ranks

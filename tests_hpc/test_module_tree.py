@@ -13,7 +13,8 @@ from pathlib import Path
 
 from slurm_cluster import Cluster
 
-from conftest import base
+from support.envs import enabled, make_env
+from support.sinks import UdpSink
 
 # Spack-like prefixes, one per package: a package with a C extension (yaml), one whose
 # module name is not its distribution's (dateutil), a single-file module.
@@ -25,9 +26,9 @@ PACKAGES = {
 
 
 def test_packages_in_their_own_prefixes_count_under_their_names(
-    cluster: Cluster, wheel: Path, sink: base.UdpSink, home: Path, tmp_path: Path
+    cluster: Cluster, wheel: Path, sink: UdpSink, home: Path, tmp_path: Path
 ) -> None:
-    core = base.make_env(tmp_path / "python-3")
+    core = make_env(tmp_path / "python-3")
     core.install(str(wheel))
     version = core.site_packages.parent.name  # pythonX.Y
     modules = ["yaml", "dateutil", "typing_extensions"]
@@ -49,7 +50,7 @@ def test_packages_in_their_own_prefixes_count_under_their_names(
     imports = "import yaml, dateutil.parser, typing_extensions"
     script += f"\n{shlex.quote(str(core.python))} -c {shlex.quote(imports)}"
     job = cluster.submit(
-        "-n", "1", "-o", str(tmp_path / "job.out"), script=script, env=base.enabled(sink, home)
+        "-n", "1", "-o", str(tmp_path / "job.out"), script=script, env=enabled(sink, home)
     )
     assert cluster.wait(job) == {job: "COMPLETED"}, (tmp_path / "job.out").read_text()
     assert Counter(sink.lines()) == {

@@ -42,7 +42,7 @@ from fixtures import (
 )
 from servers import DEPLOY, Prometheus, StatsdExporter, need, statsd_exporter_binary, wait_for
 
-from conftest import Env, base_environ
+from support.envs import Env, base_environ
 
 __all__ = ["e2e_env"]  # the fixture, registered in this module
 

@@ -32,8 +32,8 @@ from fixtures import e2e_env, reporting_environ, run_processes
 from servers import DEPLOY, StatsdExporter, need, wait_for
 
 import popcon_site
-from conftest import Env
 from popcon_site import _report
+from support.envs import Env
 
 __all__ = ["e2e_env"]  # the fixture, registered in this module
 
