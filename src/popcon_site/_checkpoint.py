@@ -108,10 +108,16 @@ def run(session: "Session", trigger: str) -> None:
     if not isinstance(state, State) or state.pid != os.getpid():
         state = State(session.delay)
         session.checkpoint = state
+    safe = trigger == "cell"
+    loaded = frozenset(sys.modules) if safe else None
     try:
-        outcome = OFF if state.off else checkpoint(state, session, trigger == "cell")
+        outcome = OFF if state.off else checkpoint(state, session, safe)
     except Exception:
         outcome = DONE  # a bug or an odd program state: try again at the next one
+    if loaded is not None:
+        # What it imported (importlib-metadata to build an index, statsd) is ours, not
+        # the program's, as the exit report's own imports are.
+        session.baseline = session.baseline.union(frozenset(sys.modules) - loaded)
     if trigger == "cell":
         return  # cells do not move the clock: it also covers threads between cells
     now = monotonic()
@@ -125,6 +131,7 @@ def run(session: "Session", trigger: str) -> None:
 
 
 def checkpoint(state: State, session: "Session", safe: bool) -> str:
+    names = session.imported_names()  # first: what a checkpoint imports never counts
     config = state.config or configure(state)
     if config is None:
         return OFF
@@ -150,7 +157,7 @@ def checkpoint(state: State, session: "Session", safe: bool) -> str:
             return LATER
         state.host = host
 
-    owners, checked, complete = attribute(state, session, attributor)
+    owners, checked, complete = attribute(names - state.checked, attributor)
     used = {owner for owner in owners if owner not in session.sent}
     used -= host or frozenset()
     if config.include or config.exclude:
@@ -180,9 +187,7 @@ def configure(state: State) -> "Config | None":
     return config
 
 
-def attribute(
-    state: State, session: "Session", attributor: _Attributor
-) -> "tuple[set[str], list[str], bool]":
+def attribute(names: "set[str]", attributor: _Attributor) -> "tuple[set[str], list[str], bool]":
     # (distributions, module names decided, whether every new module was decided).
     # Modules not loaded right now (deleted, blocked, failed, being found) are left to
     # the exit report, which has the means to tell them apart.
@@ -190,7 +195,7 @@ def attribute(
     stdlib_names: frozenset[str] = getattr(sys, "stdlib_module_names", frozenset())
     checked: list[str] = []
     files: dict[str, list[str]] = {}
-    for name in session.imported_names() - state.checked:
+    for name in names:
         if name.partition(".")[0] in stdlib_names:
             checked.append(name)
             continue
@@ -205,13 +210,13 @@ def attribute(
     owners: set[str] = set()
     complete = True
     outside = []
-    for path, names in files.items():
+    for path, found in files.items():
         site_dir = attributor.site_dir_of(path)
         if site_dir is None:
             if attributor.in_stdlib(path):
-                checked += names
+                checked += found
             else:
-                outside.append((path, names))
+                outside.append((path, found))
             continue
         index = attributor.index(site_dir)
         if site_dir in attributor.cold:
@@ -220,17 +225,17 @@ def attribute(
         owner = index.owner_of(path[len(site_dir) + 1 :].split(os.sep)) if index else None
         if owner is not None:
             owners.add(owner)
-        checked += names
+        checked += found
     if outside:
         roots = attributor.editable_roots()
         if attributor.cold:
             complete = False  # an editable root may be in the index still to build
         else:
-            for path, names in outside:
+            for path, found in outside:
                 owner = _attribute.owner_by_root(path, roots)
                 if owner is not None:
                     owners.add(owner)
-                checked += names
+                checked += found
     owners.discard(_attribute.OWN_DISTRIBUTION)
     return owners, checked, complete
 
