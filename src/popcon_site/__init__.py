@@ -222,7 +222,7 @@ def _checkpoint_due(trigger: str) -> None:
 
 def _deliver_again(exc: BaseException) -> None:
     # A collection or an IPython event cannot pass an exception on: a Ctrl-C that
-    # arrived during the checkpoint is delivered again once it is over.
+    # arrived during the checkpoint is raised again once it is over (_checkpoint).
     try:
         module = sys.modules.get(__name__ + "._checkpoint")
         if module is not None:

@@ -24,6 +24,8 @@ import popcon_site
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from types import FrameType
+
     from popcon_site import Session, _attribute, _index, _report
     from popcon_site._index import SiteIndex
     from popcon_site._report import Config
@@ -299,27 +301,22 @@ def _ipython_starting() -> bool:
 
 
 def deliver_again(exc: BaseException) -> None:
-    # After a collection or a cell: raise the program's interrupt again, as a signal.
-    # A Ctrl-C is SIGINT; an exception from a Python signal handler (sys.exit() on
-    # SIGTERM) is that handler's signal, found by its frame in the traceback.
-    import _thread
+    # After a collection or a cell, where an exception cannot pass: the program's
+    # interrupt (a Ctrl-C, sys.exit() from a signal handler) is raised again at its
+    # next call or return outside popcon-site, by a one-shot profile function.  A
+    # signal raised again with _thread.interrupt_main() would run its handler at the
+    # next call of ours instead, where it is lost again.  Under a profiler: SIGINT.
+    if sys.getprofile() is not None:
+        if isinstance(exc, KeyboardInterrupt):
+            import _thread
 
-    if isinstance(exc, KeyboardInterrupt):
-        _thread.interrupt_main()
+            _thread.interrupt_main()
         return
-    signal = sys.modules.get("signal")
-    if signal is None or sys.version_info < (3, 10):
-        return
-    codes = set()
-    tb = exc.__traceback__
-    while tb is not None:
-        codes.add(tb.tb_frame.f_code)
-        tb = tb.tb_next
-    for signum in signal.valid_signals():
-        try:
-            handler = signal.getsignal(signum)
-        except (OSError, ValueError):
-            continue
-        if getattr(handler, "__code__", None) in codes:
-            _thread.interrupt_main(signum)
+
+    def raise_outside(frame: "FrameType", event: str, arg: object) -> None:
+        if str(frame.f_globals.get("__name__", "")).startswith("popcon_site"):
             return
+        sys.setprofile(None)
+        raise exc
+
+    sys.setprofile(raise_outside)
