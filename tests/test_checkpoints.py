@@ -150,9 +150,7 @@ def test_a_short_process_sends_one_datagram_identical_to_before(
 
 
 @pytest.mark.parametrize("value", ["0", "off", "no", "-3", "soon"])
-def test_checkpoints_can_be_turned_off(
-    env: Env, sink: UdpSink, warm: Path, value: str
-) -> None:
+def test_checkpoints_can_be_turned_off(env: Env, sink: UdpSink, warm: Path, value: str) -> None:
     variables = enabled(sink, warm, PYTHON_POPCONTEST_CHECKPOINT=value)
     proc = start(env, LOOP + "import six\nwork(600)\n", variables)
     try:
@@ -247,7 +245,10 @@ TRAP = textwrap.dedent("""\
     sys.modules["trap"] = Trap()
     """)
 
-IMPORTS = "i = 0\nwhile True:\n    i += 1\n    try: __import__(f'nosuch{i}')\n    except ImportError: pass\n"
+IMPORTS = (
+    "i = 0\nwhile True:\n    i += 1\n"
+    "    try: __import__(f'nosuch{i}')\n    except ImportError: pass\n"
+)
 COLLECTIONS = "keep = []\nwhile True:\n    keep.append([1])\n"
 
 
