@@ -429,6 +429,22 @@ def run_probes(
         "ns",
         "floor: a finder whose find_spec only returns None",
     )
+    first, idle, trigger = probes.checkpoint_ns(small["popcon"].python, on, plan.probe_runs)
+    rows["checkpoint_first_us"] = (
+        _scale(first, 1e-3),
+        "us",
+        "first checkpoint: loads its modules, reads the index, sends",
+    )
+    rows["checkpoint_nothing_new_us"] = (
+        _scale(idle, 1e-3),
+        "us",
+        "a later checkpoint that finds nothing new",
+    )
+    rows["checkpoint_trigger_ns"] = (
+        trigger.as_dict(),
+        "ns",
+        "the collection trigger when no checkpoint is due (one gc callback call)",
+    )
     imports = _block(results, "small", "imports")
     per_import = paired_diff_per(imports, "on", "off", "body_ms", 1e6 / workloads.WATCH_MODULES)
     rows["watcher_wall_per_import_ns"] = (

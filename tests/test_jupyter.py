@@ -16,7 +16,7 @@ import pytest
 
 from support.envs import Env, base_environ, enabled, make_env, uv
 from support.sinks import UdpSink
-from support.wire import libraries, per_process
+from support.wire import PREFIX, REPORTS, libraries, per_process
 
 pytestmark = pytest.mark.slow
 
@@ -175,3 +175,75 @@ def test_startup_file_does_nothing_when_reporting_is_off(
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, "True\n", "")
     assert sink.drain() == []
     assert not (home / ".cache").exists()
+
+
+KILL_DRIVER = textwrap.dedent("""\
+    import json, os, signal, sys
+    from jupyter_client import KernelManager
+
+    kernel_env = json.loads(sys.argv[1])
+    km = KernelManager(kernel_name="python3")
+    km.start_kernel(env=kernel_env)
+    process = km.provisioner.process
+    kc = km.client()
+    kc.start_channels()
+    kc.wait_for_ready(timeout=60)
+    for code in sys.stdin:  # one cell per line; the test reads the sink in between
+        msg_id = kc.execute(code.strip())
+        while kc.get_shell_msg(timeout=60)["parent_header"].get("msg_id") != msg_id:
+            pass
+        print("done", flush=True)
+        if code.strip() == "import yaml":
+            break
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+    kc.stop_channels()
+    print(json.dumps({"returncode": process.returncode}), flush=True)
+    """)
+
+
+def test_a_cell_import_arrives_while_the_kernel_runs_and_survives_sigkill(
+    jupyter: Env, sink: UdpSink, home: Path, tmp_path: Path
+) -> None:
+    import subprocess
+    import time
+
+    dirs = private_dirs(tmp_path, home)
+    driver = tmp_path / "kill_driver.py"
+    driver.write_text(KILL_DRIVER)
+    proc = subprocess.Popen(
+        [str(jupyter.python), str(driver), json.dumps(enabled(sink, home, **dirs))],
+        env=base_environ(**dirs),
+        cwd=tmp_path,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        for cell, wanted in [
+            ("x = 1", {REPORTS}),
+            ("import yaml", {REPORTS, f"{PREFIX}pyyaml:1|c"}),
+        ]:
+            proc.stdin.write(cell + "\n")
+            proc.stdin.flush()
+            assert proc.stdout.readline() == "done\n"
+            started = time.monotonic()
+            lines: list[str] = []
+            while time.monotonic() - started < 1.0 and not wanted <= set(lines):
+                lines += sink.lines(0.1)
+            # Within a second of the cell, while the kernel still runs.
+            assert wanted <= set(sink_lines(sink)), (cell, sink.packets)
+        result = json.loads(proc.stdout.readline())
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    assert result["returncode"] == -9
+    # The SIGKILL lost nothing, and nothing came twice.
+    all_lines = sink_lines(sink)
+    assert sorted(all_lines) == sorted([REPORTS, f"{PREFIX}pyyaml:1|c"]), all_lines
+
+
+def sink_lines(sink: UdpSink) -> list[str]:
+    sink.drain(0.3)
+    return [line for packet in sink.packets for line in packet.decode("ascii").split("\n")]

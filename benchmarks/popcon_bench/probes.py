@@ -81,6 +81,32 @@ print(diffs[len(diffs) // 2], floor[len(floor) // 2])
 """
 
 
+_CHECKPOINT = """\
+import sys, time, timeit
+import popcon_site
+session = popcon_site.current()
+t = time.perf_counter_ns(); popcon_site._checkpoint_due("gc"); first = time.perf_counter_ns() - t
+later = []
+for _ in range(101):
+    session.due = 0.0
+    t = time.perf_counter_ns(); popcon_site._checkpoint_due("gc"); later.append(time.perf_counter_ns() - t)
+later.sort()
+session.due = float("inf")
+hook = popcon_site._after_collection
+n = 100000
+trigger = min(timeit.repeat("hook('stop', {})", globals={"hook": hook}, number=n, repeat=5)) / n * 1e9
+print(first, later[50], trigger)
+"""
+
+
+def checkpoint_ns(python: str, env: dict[str, str], runs: int) -> tuple[Summary, Summary, Summary]:
+    """One checkpoint in a fresh process: the first (loads its modules, reads the index,
+    sends reports), one that finds nothing new, and the collection trigger's check when
+    no checkpoint is due (a call of the gc callback)."""
+    rows = _repeat_rows(python, _CHECKPOINT, env, runs)
+    return tuple(summarize([r[i] for r in rows]) for i in range(3))  # type: ignore[return-value]
+
+
 def _with_fd3(cmd: list[str]) -> list[str]:
     """The workloads write their marks to fd 3; outside the harness it goes to /dev/null."""
     return ["sh", "-c", 'exec "$@" 3>/dev/null', "sh", *cmd]

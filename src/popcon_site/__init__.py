@@ -3,7 +3,8 @@
 # This module is the start-up half.  The hook (popcon_site.pth, or popcon_site.start
 # on Python 3.15+) imports it in every process that has PYTHON_POPCONTEST_ENABLE set;
 # activate() snapshots sys.modules, puts a name-noting finder first in sys.meta_path
-# and registers the exit report, which lives in popcon_site._report.
+# and registers the exit report, which lives in popcon_site._report.  A process
+# still running some seconds later also reports from checkpoints (_checkpoint).
 #
 # It is also the bottom of the package's import graph: the vocabulary every other
 # module shares (variable names, defaults, true and false words, what an address
@@ -18,6 +19,7 @@
 
 import os
 import sys
+from time import monotonic as _monotonic  # loaded already: no import at start-up
 
 __version__ = "1.0.0"
 __all__ = ["activate", "setup_reporter", "stop_reporting"]
@@ -102,6 +104,11 @@ def is_safe_name(name: str) -> bool:
     )
 
 
+ENV_CHECKPOINT = "PYTHON_POPCONTEST_CHECKPOINT"
+CHECKPOINT_DELAY = 10.0  # seconds from activation to the first checkpoint
+_NEVER = float("inf")
+
+
 # A sys.meta_path finder that finds nothing and notes every name asked for:
 # sys.modules at exit shows what is still loaded, this adds modules that were
 # imported and then deleted.  While start-up is still running it also watches for
@@ -117,18 +124,23 @@ class ImportWatcher:
         if not _called_from_site():
             self.session.start_up_over()
         self.seen.add(fullname)
+        if _monotonic() >= self.session.due:
+            _checkpoint_due("import")
 
     def invalidate_caches(self) -> None:
         pass  # nothing cached; importlib calls this on every finder
 
 
-# The same watcher once start-up is over: only the set.add() is left (~0.5 us
-# per new module).  Same slots, so the object in sys.meta_path changes class.
+# The same watcher once start-up is over: only the set.add() and the checkpoint's
+# clock are left (~0.6 us per new module).  Same slots, so the object in
+# sys.meta_path changes class.
 class _SteadyWatcher(ImportWatcher):
     __slots__ = ()
 
     def find_spec(self, fullname: str, path: object = None, target: object = None) -> None:
         self.seen.add(fullname)
+        if _monotonic() >= self.session.due:
+            _checkpoint_due("import")
 
 
 def _called_from_site() -> bool:
@@ -148,10 +160,16 @@ def _called_from_site() -> bool:
 class Session:
     __slots__ = (
         "baseline",
+        "busy",
+        "checkpoint",
+        "delay",
+        "due",
         "finished",
         "host_modules",
         "pid",
+        "reports_sent",
         "resolution",
+        "sent",
         "starting",
         "watcher",
     )
@@ -164,6 +182,14 @@ class Session:
         self.pid = os.getpid()
         self.finished = False  # nothing more is sent: reported, or told to stop
         self.resolution: object = None  # a _resolve.Resolution when the host is a name
+        # Checkpoints: when the next is due, what this process sent so far (the exit
+        # report sends the rest), and the claim that lets only one run at a time.
+        self.delay = _checkpoint_delay()
+        self.busy = _allocate_lock()
+        self.checkpoint: object = None  # a _checkpoint.State once one ran
+        self.sent: set[str] = set()
+        self.reports_sent = False
+        self.due = _monotonic() + self.delay
 
     def start_up_over(self) -> None:
         # Only what the watcher saw site import (and is loaded) becomes baseline: modules
@@ -172,6 +198,15 @@ class Session:
         self.baseline = self.baseline.union(self.watcher.seen.intersection(sys.modules))
         self.watcher.seen = set()
         self.watcher.__class__ = _SteadyWatcher
+        _watch_collections(self)
+
+    def restart_checkpoints(self) -> None:
+        # A fork child is a process of its own: nothing sent yet, its own first delay.
+        self.busy = _allocate_lock()
+        self.checkpoint = None
+        self.sent = set()
+        self.reports_sent = False
+        self.due = _monotonic() + self.delay
 
     def imported_names(self) -> "set[str]":
         # Modules imported since activation: still loaded, or seen by the watcher.
@@ -206,6 +241,76 @@ class Session:
 
 
 _session = None  # type: Session | None
+_collection_hooks = []  # type: list[Callable[[str, dict[str, int]], None]]
+
+
+def _allocate_lock() -> "Any":
+    import _thread  # built in, and loaded by the import system already
+
+    return _thread.allocate_lock()
+
+
+def _checkpoint_delay() -> float:
+    # PYTHON_POPCONTEST_CHECKPOINT: seconds to the first checkpoint; 0, off or anything
+    # that is not a positive number turns checkpoints off.  Read only when set.
+    raw = os.environ.get(ENV_CHECKPOINT)
+    if raw is None:
+        return CHECKPOINT_DELAY
+    try:
+        delay = float(raw)
+    except ValueError:
+        return _NEVER
+    return delay if 0 < delay < _NEVER else _NEVER
+
+
+def _watch_collections(session: Session) -> None:
+    # The garbage collector is the checkpoints' clock between imports.  Registered at
+    # the program's first import, not at start-up: `python -c pass` never pays for
+    # importing gc, and the exit hook, which needs it anyway, then finds it loaded.
+    if session.delay == _NEVER or _collection_hooks:
+        return
+    import gc
+
+    gc.callbacks.append(_after_collection)
+    _collection_hooks.append(_after_collection)
+
+
+def _after_collection(phase: str, info: "dict[str, int]") -> None:
+    session = _session
+    if session is not None and _monotonic() >= session.due:
+        _checkpoint_due("gc")
+
+
+def _checkpoint_due(trigger: str) -> None:
+    # Runs a checkpoint (popcon_site._checkpoint), never two at once, in any thread.
+    session = _session
+    if session is None or not session.busy.acquire(False):
+        return
+    try:
+        _sibling("_checkpoint").run(session, trigger)
+    except Exception:  # run() raises none: this one is unusable, so no more checkpoints
+        session.due = _NEVER
+    except BaseException as exc:  # a Ctrl-C, or an exit from a signal handler
+        if trigger == "import":
+            raise  # a Ctrl-C during an import: the program's import gets it, as it would
+        _deliver_again(exc)
+    finally:
+        session.busy.release()
+
+
+def _deliver_again(exc: BaseException) -> None:
+    # A collection or an IPython event cannot pass an exception on: a Ctrl-C that
+    # arrived during the checkpoint is raised again once it is over (_checkpoint).
+    try:
+        module = sys.modules.get(__name__ + "._checkpoint")
+        if module is not None:
+            module.deliver_again(exc)
+        elif isinstance(exc, KeyboardInterrupt):
+            import _thread
+
+            _thread.interrupt_main()
+    except BaseException:
+        pass
 
 
 def current() -> "Session | None":
@@ -233,6 +338,8 @@ def activate() -> bool:
 
             session.resolution = _resolve.Resolution(host)
         sys.meta_path.insert(0, session.watcher)
+        if not session.starting:
+            _watch_collections(session)  # activated by hand: no start-up to wait for
         if hasattr(os, "register_at_fork"):
             _fork_hooks.append(_after_fork_in_child)
             os.register_at_fork(after_in_child=_fork_stub())
@@ -248,6 +355,7 @@ def stop_reporting() -> None:
     """Send nothing from this process, ever (popcon-site's own CLI calls it)."""
     if _session is not None:
         _session.finished = True
+        _session.due = _NEVER
 
 
 def setup_reporter() -> bool:
@@ -306,6 +414,7 @@ def _after_fork_in_child() -> None:
         session.forget_inherited()
         session.watcher.__class__ = _SteadyWatcher
         session.pid = os.getpid()
+        session.restart_checkpoints()
         # Most forks need nothing more; importing the exit module would cost each one.
         if session.resolution is None and "multiprocessing.util" not in sys.modules:
             return
@@ -322,7 +431,10 @@ def _at_exit() -> None:
     if session is None or session.finished or session.pid != os.getpid():
         return
     session.finished = True
+    session.due = _NEVER
     try:
+        # A checkpoint running in another thread finishes first: it may be sending.
+        session.busy.acquire(True, 0.1)
         import gc  # built in, and the standard library never counts
 
         # The report allocates enough to set off the collector, whose young
@@ -350,23 +462,33 @@ def _release(session: Session) -> None:
     except BaseException:  # removed or replaced by the program: nothing to release
         pass
     del _fork_hooks[:]
+    try:
+        for hook in _collection_hooks:
+            sys.modules["gc"].callbacks.remove(hook)
+    except BaseException:
+        pass
+    del _collection_hooks[:]
 
 
 def _exit_module() -> "ModuleType":
-    # popcon_site._report.  A regular import would first set up the import system's
-    # finder for this package's directory (a path hook, a directory listing, stat
-    # calls: ~0.2 ms here) to find a file whose path is known.  The loader that loaded
+    return _sibling("_report")
+
+
+def _sibling(short: str) -> "ModuleType":
+    # popcon_site._report, _checkpoint...  A regular import would first set up the import
+    # system's finder for this package's directory (a path hook, a directory listing,
+    # stat calls: ~0.2 ms here) to find a file whose path is known, and take the import
+    # lock, which a checkpoint in a garbage collection must not.  The loader that loaded
     # this file loads its sibling directly instead, bytecode cache included.
-    name = __name__ + "._report"
+    name = __name__ + "." + short
     module = sys.modules.get(name)
     if module is not None:
         return module
     loader: Any = getattr(__spec__, "loader", None)
     if type(loader).__name__ != "SourceFileLoader" or not __file__.endswith("__init__.py"):
-        from popcon_site import _report  # zip files, frozen apps: the regular way
-
-        return _report
-    path = __file__[: -len("__init__.py")] + "_report.py"
+        __import__(name)  # zip files, frozen apps: the regular way
+        return sys.modules[name]
+    path = __file__[: -len("__init__.py")] + short + ".py"
     loader = type(loader)(name, path)
     module = type(sys)(name)
     module.__spec__ = type(__spec__)(name, loader, origin=path)
@@ -379,5 +501,5 @@ def _exit_module() -> "ModuleType":
     except BaseException:
         del sys.modules[name]
         raise
-    globals()["_report"] = module  # as the import system binds a submodule
+    globals()[short] = module  # as the import system binds a submodule
     return module

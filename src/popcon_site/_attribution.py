@@ -182,10 +182,8 @@ class Attributor:
             return (index.owner_of(relative) if index is not None else None), IN_SITE_DIR
         if self.in_stdlib(path):
             return None, IN_STDLIB
-        for root, owner in self.editable_roots():
-            if path.startswith(root) and path[len(root) : len(root) + 1] == os.sep:
-                return owner, IN_EDITABLE_ROOT
-        return None, OUTSIDE
+        owner = owner_by_root(path, self.editable_roots())
+        return (owner, IN_EDITABLE_ROOT) if owner is not None else (None, OUTSIDE)
 
     def site_dir_of(self, path: str) -> "str | None":
         for site_dir in self.site_dirs:
@@ -208,6 +206,9 @@ class Attributor:
             self._editable_roots = sorted(roots.items(), key=lambda item: -len(item[0]))
         return self._editable_roots
 
+    def reset_editable_roots(self) -> None:
+        self._editable_roots = None
+
     def index(self, site_dir: str) -> "SiteIndex | None":
         if site_dir not in self.indexes:
             self.indexes[site_dir] = fresh_index(site_dir)
@@ -225,3 +226,11 @@ class Attributor:
             found |= {owner for path, owner in index.owners.items() if path.startswith(key)}
         found.discard(OWN_DISTRIBUTION)
         return found
+
+
+def owner_by_root(path: str, roots: "list[tuple[str, str]]") -> "str | None":
+    # The editable install whose source root holds ``path`` (roots longest first).
+    for root, owner in roots:
+        if path.startswith(root) and path[len(root) : len(root) + 1] == os.sep:
+            return owner
+    return None

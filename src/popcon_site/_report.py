@@ -445,11 +445,15 @@ def attribute_and_send(session: "Session", names: "set[str]") -> str:
     used = used_distributions(module_files(names, session.watcher.seen), session.host_modules)
     if config.include or config.exclude:
         used = {name for name in used if config.allows(name)}
+    used -= session.sent  # sent by a checkpoint (popcon_site._checkpoint) already
     # A subinterpreter sends what it imported; the process is counted once, by the main one.
-    lines = counter_lines(config.prefix, config.reports_name, used, in_main_interpreter())
+    with_reports = in_main_interpreter() and not session.reports_sent
+    lines = counter_lines(config.prefix, config.reports_name, used, with_reports)
+    earlier = _sent_earlier(session)
     if not lines:
-        return "nothing imported in this subinterpreter"
+        return f"nothing new{earlier}" if earlier else "nothing imported in this subinterpreter"
     summary = ", ".join(sorted(used)) or "no distributions"
+    plus = " + reports" if with_reports else ""
 
     deadline = None
     address = literal_address(config.host, config.port)
@@ -474,12 +478,20 @@ def attribute_and_send(session: "Session", names: "set[str]") -> str:
             send_tcp(address, lines, remaining)
         except Exception as exc:
             return f"not sent ({summary}) to {target}: {type(exc).__name__}: {exc}"
-        return f"sent {summary} + reports to {target}"
+        return f"sent {summary}{plus} to {target}{earlier}"
     payloads = datagrams(lines)
     sent = send_udp(address, payloads)
     if sent != len(payloads):
-        return f"sent {sent} of {len(payloads)} datagrams ({summary} + reports) to {target}"
-    return f"sent {summary} + reports to {target} in {sent} datagram(s)"
+        return f"sent {sent} of {len(payloads)} datagrams ({summary}{plus}) to {target}{earlier}"
+    return f"sent {summary}{plus} to {target} in {sent} datagram(s){earlier}"
+
+
+def _sent_earlier(session: "Session") -> str:
+    # For the debug line: what checkpoints sent before the exit report.
+    if not session.reports_sent and not session.sent:
+        return ""
+    names = ", ".join(sorted(session.sent)) or "no distributions"
+    return f"; at checkpoints: {names}" + (" + reports" if session.reports_sent else "")
 
 
 def used_distributions(files: "set[str]", host_modules: "frozenset[str]") -> "set[str]":

@@ -1,0 +1,299 @@
+"""Checkpoints: a running process sends what it imported before it ends, however it ends.
+
+Real interpreters in a real venv with the built wheel and PyPI packages, a real UDP
+socket, real signals.  PYTHON_POPCONTEST_CHECKPOINT=1 keeps most tests short; one
+test runs with the default delay (10 s) and the SIGTERM 20 s after start of the issue.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import textwrap
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from support.envs import Env, enabled, make_env
+from support.sinks import UdpSink
+from support.wire import PREFIX, REPORTS
+
+# Keeps allocating containers, so the collector runs (a loop that accumulates).
+LOOP = textwrap.dedent("""\
+    import sys, time
+    def work(seconds):
+        keep, end = [], time.monotonic() + seconds
+        while time.monotonic() < end:
+            keep.append([len(keep)])
+    """)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory, wheel: Path) -> Env:
+    env = make_env(tmp_path_factory.mktemp("checkpoints") / "venv")
+    env.install(str(wheel), "pyyaml", "six", "attrs", "idna", "typing_extensions")
+    return env
+
+
+@pytest.fixture
+def warm(env: Env, sink: UdpSink, home: Path) -> Path:
+    """A home whose index cache is built (a checkpoint never builds one itself)."""
+    proc = env.run("-c", "import yaml, six, attr, idna, typing_extensions", env=enabled(sink, home))
+    assert (proc.returncode, proc.stderr) == (0, "")
+    sink.drain()
+    sink.packets.clear()
+    return home
+
+
+def counts(packets: list[bytes]) -> Counter[str]:
+    """How often each line arrived, over all datagrams."""
+    return Counter(line for packet in packets for line in packet.decode("ascii").split("\n"))
+
+
+def wait_for(sink: UdpSink, wanted: set[str], timeout: float) -> list[bytes]:
+    """Datagrams until every wanted line has arrived, or the timeout."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and not wanted <= set(counts(sink.packets)):
+        sink.drain(0.1)
+    return list(sink.packets)
+
+
+def lib(name: str) -> str:
+    return f"{PREFIX}{name}:1|c"
+
+
+def start(env: Env, code: str, variables: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [str(env.python), "-c", code],
+        env=variables,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.mark.parametrize(
+    ("delay", "sig", "after"),
+    [("1", signal.SIGKILL, 3.0), ("1", signal.SIGTERM, 3.0), (None, signal.SIGTERM, 20.0)],
+    ids=["sigkill-1s", "sigterm-1s", "sigterm-20s-default-delay"],
+)
+def test_a_killed_process_is_counted(
+    env: Env, sink: UdpSink, warm: Path, delay: str | None, sig: int, after: float
+) -> None:
+    extra = {} if delay is None else {"PYTHON_POPCONTEST_CHECKPOINT": delay}
+    started = time.monotonic()
+    proc = start(env, LOOP + "import yaml, six\nwork(600)\n", enabled(sink, warm, **extra))
+    try:
+        time.sleep(max(0.0, after - (time.monotonic() - started)))
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(sig)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    # Killed as before: the status says the signal, nothing was printed.
+    assert (proc.returncode, stderr) == (-sig, "")
+    lines = counts(wait_for(sink, {REPORTS}, 2.0))
+    assert lines == Counter({lib("pyyaml"): 1, lib("six"): 1, REPORTS: 1})
+
+
+def test_the_first_checkpoint_comes_at_the_delay_not_before(
+    env: Env, sink: UdpSink, warm: Path
+) -> None:
+    proc = start(env, LOOP + "import six\nwork(600)\n", enabled(sink, warm))
+    try:
+        assert sink.drain(8.0) == []  # default delay: 10 s
+        packets = wait_for(sink, {REPORTS}, 6.0)
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert counts(packets) == Counter({lib("six"): 1, REPORTS: 1})
+
+
+def test_imports_after_a_checkpoint_are_sent_once_and_reports_once(
+    env: Env, sink: UdpSink, warm: Path
+) -> None:
+    code = LOOP + textwrap.dedent("""\
+        import yaml
+        work(1.5)      # checkpoint at 1 s: pyyaml + reports
+        import six     # not due: kept for the next checkpoint (2 s)
+        work(1.5)
+        import attr, idna  # not due (4 s): sent by the exit report
+        raise SystemExit(7)
+        """)
+    variables = enabled(sink, warm, PYTHON_POPCONTEST_CHECKPOINT="1", PYTHON_POPCONTEST_DEBUG="1")
+    proc = start(env, code, variables)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 7, stderr
+    assert stderr == (
+        f"popcon-site: sent attrs, idna to 127.0.0.1:{sink.port} over udp in 1 datagram(s); "
+        "at checkpoints: pyyaml, six + reports\n"
+    )
+    packets = wait_for(sink, {lib("idna")}, 2.0)
+    assert [sorted(packet.decode().split("\n")) for packet in packets] == [
+        [lib("pyyaml"), REPORTS],
+        [lib("six")],
+        [lib("attrs"), lib("idna")],
+    ]
+
+
+def test_a_short_process_sends_one_datagram_identical_to_before(
+    env: Env, sink: UdpSink, warm: Path
+) -> None:
+    """Ends before the first checkpoint: the exit report alone, and no checkpoint code."""
+    code = "import sys, six; print('popcon_site._checkpoint' in sys.modules)"
+    for extra in ({}, {"PYTHON_POPCONTEST_CHECKPOINT": "off"}):
+        proc = env.run("-c", code, env=enabled(sink, warm, **extra))
+        assert (proc.returncode, proc.stdout, proc.stderr) == (0, "False\n", "")
+        assert sink.drain() == [f"{PREFIX}six:1|c\n{REPORTS}".encode()]
+
+
+@pytest.mark.parametrize("value", ["0", "off", "no", "-3", "soon"])
+def test_checkpoints_can_be_turned_off(env: Env, sink: UdpSink, warm: Path, value: str) -> None:
+    variables = enabled(sink, warm, PYTHON_POPCONTEST_CHECKPOINT=value)
+    proc = start(env, LOOP + "import six\nwork(600)\n", variables)
+    try:
+        assert sink.drain(2.5) == []
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+
+
+def test_fork_after_a_checkpoint(env: Env, sink: UdpSink, warm: Path) -> None:
+    """The child is a process of its own: its own reports and first delay; the parent's
+    sends are its baseline, never sent again by it."""
+    code = LOOP + textwrap.dedent("""\
+        import os, six
+        work(1.5)                 # the parent's checkpoint: six + reports
+        pid = os.fork()
+        if pid == 0:
+            import attr
+            work(1.5)             # the child's own checkpoint, 1 s after the fork
+            os._exit(0)           # no exit report: only that checkpoint counts it
+        os.waitpid(pid, 0)
+        pid = os.fork()
+        if pid == 0:
+            import yaml
+            raise SystemExit(0)   # before its first checkpoint: the exit report, as today
+        os.waitpid(pid, 0)
+        import idna
+        """)
+    proc = start(env, code, enabled(sink, warm, PYTHON_POPCONTEST_CHECKPOINT="1"))
+    _, stderr = proc.communicate(timeout=60)
+    assert (proc.returncode, stderr) == (0, "")
+    packets = wait_for(sink, {lib("idna")}, 2.0)
+    assert sorted(sorted(packet.decode().split("\n")) for packet in packets) == sorted(
+        [
+            [lib("six"), REPORTS],  # parent, checkpoint
+            [lib("attrs"), REPORTS],  # first child, its checkpoint
+            [lib("pyyaml"), REPORTS],  # second child, at exit
+            [lib("idna")],  # parent, at exit
+        ]
+    )
+
+
+def test_threads_importing_while_checkpoints_run(env: Env, sink: UdpSink, warm: Path) -> None:
+    """Checkpoints in whichever thread triggers them, while five threads import,
+    forget and import again: each distribution once, reports once."""
+    code = LOOP + textwrap.dedent("""\
+        import importlib, threading
+        names = ["yaml", "six", "attr", "idna", "typing_extensions"]
+        def churn(name):  # one name per thread: two threads popping one module race
+            end = time.monotonic() + 3
+            while time.monotonic() < end:
+                for key in [k for k in list(sys.modules) if k.split(".")[0] == name]:
+                    sys.modules.pop(key, None)
+                importlib.import_module(name)
+                [[j] for j in range(50)]
+        threads = [threading.Thread(target=churn, args=(name,)) for name in names]
+        for t in threads: t.start()
+        work(3)
+        for t in threads: t.join()
+        """)
+    variables = enabled(sink, warm, PYTHON_POPCONTEST_CHECKPOINT="0.1")
+    proc = start(env, code, variables)
+    _, stderr = proc.communicate(timeout=60)
+    assert (proc.returncode, stderr) == (0, "")
+    lines = counts(wait_for(sink, {REPORTS}, 2.0))
+    assert lines == Counter(
+        {
+            lib("pyyaml"): 1,
+            lib("six"): 1,
+            lib("attrs"): 1,
+            lib("idna"): 1,
+            lib("typing-extensions"): 1,
+            REPORTS: 1,
+        }
+    )
+
+
+# An object in sys.modules whose __dict__ the checkpoint reads (to find its file): it
+# sends this process a signal right then, so that the signal lands inside the checkpoint.
+TRAP = textwrap.dedent("""\
+    import os, signal, sys, time
+    class Trap:
+        armed = True
+        @property
+        def __dict__(self):
+            if Trap.armed and "popcon_site._checkpoint" in sys.modules:
+                Trap.armed = False
+                os.kill(os.getpid(), SIGNAL)
+                time.sleep(0.05)  # the handler runs here, inside the checkpoint
+            return {}
+    sys.modules["trap"] = Trap()
+    """)
+
+IMPORTS = (
+    "i = 0\nwhile True:\n    i += 1\n"
+    "    try: __import__(f'nosuch{i}')\n    except ImportError: pass\n"
+)
+COLLECTIONS = "keep = []\nwhile True:\n    keep.append([1])\n"
+
+
+@pytest.mark.parametrize("trigger", ["gc", "import"])
+def test_ctrl_c_during_a_checkpoint_still_stops_the_program(
+    env: Env, sink: UdpSink, warm: Path, trigger: str
+) -> None:
+    loop = COLLECTIONS if trigger == "gc" else IMPORTS
+    code = (
+        TRAP.replace("SIGNAL", "signal.SIGINT")
+        + "import six\ntry:\n"
+        + textwrap.indent(loop, "    ")
+        + "except KeyboardInterrupt:\n    print('interrupted', flush=True)\n    raise\n"
+    )
+    proc = start(env, code, enabled(sink, warm, PYTHON_POPCONTEST_CHECKPOINT="0.5"))
+    try:
+        stdout, stderr = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    # Stopped as a Ctrl-C stops it: KeyboardInterrupt in the program, death by SIGINT.
+    assert (proc.returncode, stdout) == (-signal.SIGINT, "interrupted\n"), stderr
+    assert stderr.rstrip().endswith("KeyboardInterrupt"), stderr
+    assert "Exception ignored" not in stderr, stderr
+    assert counts(wait_for(sink, {REPORTS}, 2.0)) == Counter({lib("six"): 1, REPORTS: 1})
+
+
+def test_a_sigterm_handler_during_a_checkpoint_still_ends_the_program(
+    env: Env, sink: UdpSink, warm: Path
+) -> None:
+    """sys.exit() from a SIGTERM handler (a batch job's clean-up) that runs during a
+    checkpoint in a collection: its SystemExit reaches the program once the checkpoint
+    is over, and the handler ran once."""
+    code = (
+        TRAP.replace("SIGNAL", "signal.SIGTERM")
+        + "calls = []\n"
+        + "def on_term(signum, frame):\n    calls.append(signum)\n    sys.exit(3)\n"
+        + "signal.signal(signal.SIGTERM, on_term)\n"
+        + "import atexit; atexit.register(lambda: print('handler ran', len(calls), flush=True))\n"
+        + "import six\n"
+        + COLLECTIONS
+    )
+    proc = start(env, code, enabled(sink, warm, PYTHON_POPCONTEST_CHECKPOINT="0.5"))
+    try:
+        stdout, stderr = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert (proc.returncode, stdout, stderr) == (3, "handler ran 1\n", "")
+    assert counts(wait_for(sink, {REPORTS}, 2.0)) == Counter({lib("six"): 1, REPORTS: 1})
