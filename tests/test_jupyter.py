@@ -41,6 +41,7 @@ DRIVER = textwrap.dedent("""\
                 break
     finally:
         kc.stop_channels()
+    km.shutdown_wait_time = 60.0  # graceful exit even on a loaded machine (default 5 s)
     km.shutdown_kernel(now=False)
     process.wait(timeout=30)
     print(json.dumps({

@@ -129,7 +129,7 @@ def test_reporting_modules_never_import_the_cli() -> None:
 
 # About 500: _report.py is the longest, on purpose one file (every exit loads it, and
 # each more module costs an exit ~0.2 ms).
-MAX_LINES = 540
+MAX_LINES = 550
 
 
 @pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: p.name)
