@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -66,7 +67,7 @@ def tests_sid(session: nox.Session) -> None:
                 f"set -e; rm -rf {venv}; python{version} -m venv {venv}; "
                 f"{venv}/bin/pip install --quiet {' '.join(TEST_DEPS)} /src; "
                 f"cd /src && {venv}/bin/python -m pytest -p no:cacheprovider "
-                + " ".join(session.posargs or PYTEST_ARGS)
+                + shlex.join(session.posargs or PYTEST_ARGS)  # `-- -k "a or b"` stays one word
             )
             session.run(
                 "chroot",
@@ -132,22 +133,38 @@ def bench(session: nox.Session) -> None:
     _start_file_cost(session)
 
 
+@nox.session(python="3.11")
+def start_file_cost(session: nox.Session) -> None:
+    """Only the Python 3.15 start-up hook cost of ``bench`` (a few minutes; ``-- --quick``)."""
+    session.install("hatchling")
+    _start_file_cost(session)
+
+
 def _start_file_cost(session: nox.Session) -> None:
-    """What popcon_site.start costs Python 3.15 processes, in the sid chroot if it exists."""
+    """What the start-up hook costs Python 3.15 processes, in the sid chroot if it exists."""
     if not (SID_ROOT / "usr/bin/python3.15").exists():
         session.log(f"start-file cost skipped: no python3.15 in {SID_ROOT} (nox -s tests_sid)")
         return
     rounds = (
         "3" if "--smoke" in session.posargs else "101" if "--quick" in session.posargs else "301"
     )
-    wheel = next(Path("benchmarks/work/wheel").glob("popcon_site-*.whl"))
     work = SID_ROOT / "tmp/popcon-bench"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    shutil.copy(wheel, work)
+    # The published 3.9-3.17 wheel, and the one for a site directory of several Pythons.
+    wheels = []
+    for variant in ("pth", "both"):
+        out = work / variant
+        session.run(
+            *("python", "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"),
+            *("-w", str(out), str(ROOT)),
+            env={"POPCON_SITE_HOOKS": variant},
+        )
+        (wheel,) = out.glob("popcon_site-*.whl")
+        wheels.append(f"/tmp/popcon-bench/{variant}/{wheel.name}")
     shutil.copy("benchmarks/start_file_cost.py", work)
-    argv = ["python3.15", "/tmp/popcon-bench/start_file_cost.py", f"/tmp/popcon-bench/{wheel.name}"]
-    output = session.run("chroot", str(SID_ROOT), *argv, rounds, external=True, silent=True)
+    argv = ["python3.15", "/tmp/popcon-bench/start_file_cost.py", *wheels, rounds]
+    output = session.run("chroot", str(SID_ROOT), *argv, external=True, silent=True)
     Path("benchmarks/results/start-file-cost.txt").write_text(str(output))
     print(output)
 

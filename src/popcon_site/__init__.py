@@ -1,7 +1,7 @@
 # popcon-site: which installed distributions do the processes of this environment import?
 #
 # This module is the start-up half.  The hook (popcon_site.pth, or popcon_site.start
-# on Python 3.15+) imports it in every process that has PYTHON_POPCONTEST_ENABLE set;
+# from Python 3.18; hatch_build.py) imports it in every process that has PYTHON_POPCONTEST_ENABLE set;
 # activate() snapshots sys.modules, puts a name-noting finder first in sys.meta_path
 # and registers the exit report, which lives in popcon_site._report.
 #
@@ -174,7 +174,7 @@ def setup_reporter() -> bool:
 
 
 def _startup_hook() -> None:
-    # PEP 829 entry point (popcon_site.start, Python 3.15+), and the .pth line's target.
+    # PEP 829 entry point (popcon_site.start, Python 3.18+), and the .pth line's target.
     if os.environ.get("PYTHON_POPCONTEST_ENABLE", "").strip().lower() in TRUE_WORDS:
         activate()
 
