@@ -12,7 +12,7 @@ from pathlib import Path
 import nox
 
 ROOT = Path(__file__).parent
-nox.options.sessions = ["lint", "tests", "tests_sid", "e2e", "reliability"]
+nox.options.sessions = ["lint", "dist", "tests", "tests_sid", "e2e", "reliability"]
 nox.options.reuse_existing_virtualenvs = True
 
 TEST_DEPS = ["pytest", "pytest-xdist", "uv", "hatchling", "statsd", "importlib-metadata"]
@@ -41,6 +41,25 @@ def tests(session: nox.Session) -> None:
     _ensure_debs(session, ["prometheus"])  # the CLI's unused/top tests query a real one
     session.install(*TEST_DEPS, ".")
     session.run("python", "-m", "pytest", *(session.posargs or PYTEST_ARGS))
+
+
+@nox.session(python="3.11")
+def dist(session: nox.Session) -> None:
+    """What a release uploads, in dist/: the sdist and the two wheels (hatch_build.py)."""
+    session.install("hatchling", "build")
+    out = ROOT / "dist"
+    shutil.rmtree(out, ignore_errors=True)
+    session.run("python", "-m", "build", "--sdist", "--no-isolation", "-o", str(out))
+    for variant in ("pth", "start"):  # 3.9-3.17, and 3.18+
+        session.run(
+            *("python", "-m", "build", "--wheel", "--no-isolation", "-o", str(out)),
+            env={"POPCON_SITE_HOOKS": variant},
+        )
+    built = sorted(path.name for path in out.iterdir())
+    wanted = ["cp39.cp310.cp311.cp312.cp313.cp314.cp315.cp316.cp317-none-any.whl"]
+    wanted += ["py318-none-any.whl", ".tar.gz"]
+    if len(built) != 3 or not all(any(n.endswith(w) for n in built) for w in wanted):
+        session.error(f"dist/ should hold the sdist and the two wheels, not {built}")
 
 
 @nox.session(python=False)
