@@ -165,8 +165,13 @@ def libraries(lines: list[str], prefix: str = PREFIX) -> set[str]:
 
 @pytest.fixture(scope="session")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The package's wheel, built once from this checkout with hatchling."""
+    """The package's wheel, built once from this checkout with hatchling.
+
+    Built as released (hatch_build.py): the 3.9-3.17 wheel, or the 3.18+ one, so it
+    also installs into venvs of the other interpreters of that range.
+    """
     out = tmp_path_factory.mktemp("wheel")
+    variant = "start" if sys.version_info >= (3, 18) else "pth"
     subprocess.run(
         [
             sys.executable,
@@ -181,7 +186,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
             str(ROOT),
         ],
         check=True,
-        env=base_environ(),
+        env=base_environ(POPCON_SITE_HOOKS=variant),
     )
     (built,) = out.glob("popcon_site-*.whl")
     return built
