@@ -279,7 +279,7 @@ def reliability(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """ruff (lint + format check) and mypy --strict on src/."""
     session.install("ruff", "mypy", "statsd", "importlib-metadata")
-    paths = ["src", "tests", "tests_reliability", "benchmarks", "noxfile.py"]
+    paths = ["src", "tests", "tests_reliability", "benchmarks", "noxfile.py", "hatch_build.py"]
     session.run("ruff", "check", *paths)
     session.run("ruff", "format", "--check", *paths)
     session.run("mypy", "--strict", "src")

@@ -1,9 +1,10 @@
 # popcon-site: which installed distributions do the processes of this environment import?
 #
 # This module is the start-up half.  The hook (popcon_site.pth, or popcon_site.start
-# from Python 3.18; hatch_build.py) imports it in every process that has PYTHON_POPCONTEST_ENABLE set;
-# activate() snapshots sys.modules, puts a name-noting finder first in sys.meta_path
-# and registers the exit report, which lives in popcon_site._report.
+# from Python 3.18; see hatch_build.py) imports it in every process that has
+# PYTHON_POPCONTEST_ENABLE set; activate() snapshots sys.modules, puts a name-noting
+# finder first in sys.meta_path and registers the exit report, which lives in
+# popcon_site._report.
 #
 # Every process pays for this file, so it stays small: comments rather than
 # docstrings (they are loaded with the bytecode), no `from __future__` (one more
