@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import statsd
 
-from popcon_site import _cli, _index, _report, _select
+from popcon_site import _hooks, _index, _report, _select
 from popcon_site._build import shortest_unique_prefixes
 
 
@@ -234,12 +234,30 @@ def test_failed_imports_are_told_apart_from_cached_listings(
     assert _report.module_files(["not_there"], seen=["not_there"]) == set()
 
 
-def test_status_names_the_pth_hook_when_no_start_file_is_beside_it() -> None:
-    elsewhere = ["/a/site-packages/popcon_site.pth", "/b/site-packages/popcon_site.start"]
-    beside = ["/a/site-packages/popcon_site.pth", "/a/site-packages/popcon_site.start"]
-    pth_runs = sys.version_info < (3, 18)
-    start_wins = sys.version_info >= (3, 15)
-    expected_elsewhere = "popcon_site.pth" if pth_runs else "popcon_site.start"
-    expected_beside = "popcon_site.start" if start_wins else "popcon_site.pth"
-    assert _cli._hook_used_by_this_python(elsewhere) == expected_elsewhere
-    assert _cli._hook_used_by_this_python(beside) == expected_beside
+@pytest.mark.parametrize("minor", [9, 14, 15, 17, 18, 19])
+def test_hook_state_names_the_hook_each_python_runs(tmp_path: Path, minor: int) -> None:
+    """The .pth up to 3.17 unless a .start is beside it (3.15-3.17); the .start from 3.18."""
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for directory, names in ((a, ["popcon_site.pth"]), (b, ["popcon_site.start"])):
+        directory.mkdir()
+        for name in names:
+            (directory / name).write_text("")
+    version = (3, minor)
+    elsewhere = _hooks.state([str(a), str(b)], version)
+    assert elsewhere["used_by_this_python"] == (
+        "popcon_site.start" if minor >= 18 else "popcon_site.pth"
+    )
+    assert elsewhere["installed"] is True
+    (a / "popcon_site.start").write_text("")  # a shared install: both files side by side
+    beside = _hooks.state([str(a)], version)
+    assert beside["used_by_this_python"] == (
+        "popcon_site.start" if minor >= 15 else "popcon_site.pth"
+    )
+    assert ("pkgutil" in beside["why"]) is (15 <= minor < 18)
+    alone = _hooks.state([str(b)], version)  # only a .start: 3.9-3.14 have no hook at all
+    assert alone["installed"] is (minor >= 15)
+    assert {Path(f["file"]).name for f in beside["files"]} == {
+        "popcon_site.pth",
+        "popcon_site.start",
+    }
