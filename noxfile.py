@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import nox
 
 ROOT = Path(__file__).parent
-nox.options.sessions = ["lint", "tests", "tests_sid", "e2e", "reliability", "hpc"]
+nox.options.sessions = ["lint", "dist", "tests", "tests_sid", "e2e", "reliability", "hpc"]
 nox.options.reuse_existing_virtualenvs = True
 
 TEST_DEPS = ["pytest", "pytest-xdist", "uv", "hatchling", "statsd", "importlib-metadata"]
@@ -42,6 +43,25 @@ def tests(session: nox.Session) -> None:
     session.run("python", "-m", "pytest", *(session.posargs or PYTEST_ARGS))
 
 
+@nox.session(python="3.11")
+def dist(session: nox.Session) -> None:
+    """What a release uploads, in dist/: the sdist and the two wheels (hatch_build.py)."""
+    session.install("hatchling", "build")
+    out = ROOT / "dist"
+    shutil.rmtree(out, ignore_errors=True)
+    session.run("python", "-m", "build", "--sdist", "--no-isolation", "-o", str(out))
+    for variant in ("pth", "start"):  # 3.9-3.17, and 3.18+
+        session.run(
+            *("python", "-m", "build", "--wheel", "--no-isolation", "-o", str(out)),
+            env={"POPCON_SITE_HOOKS": variant},
+        )
+    built = sorted(path.name for path in out.iterdir())
+    wanted = ["cp39.cp310.cp311.cp312.cp313.cp314.cp315.cp316.cp317-none-any.whl"]
+    wanted += ["py318-none-any.whl", ".tar.gz"]
+    if len(built) != 3 or not all(any(n.endswith(w) for n in built) for w in wanted):
+        session.error(f"dist/ should hold the sdist and the two wheels, not {built}")
+
+
 @nox.session(python=False)
 def tests_sid(session: nox.Session) -> None:
     """The suite on Python 3.14 and 3.15 from Debian sid, in a chroot (needs root)."""
@@ -68,7 +88,7 @@ def tests_sid(session: nox.Session) -> None:
                 f"set -e; rm -rf {venv}; python{version} -m venv {venv}; "
                 f"{venv}/bin/pip install --quiet {' '.join(TEST_DEPS)} /src; "
                 f"cd /src && {venv}/bin/python -m pytest -p no:cacheprovider "
-                + " ".join(session.posargs or PYTEST_ARGS)
+                + shlex.join(session.posargs or PYTEST_ARGS)  # `-- -k "a or b"` stays one word
             )
             session.run(
                 "chroot",
@@ -136,22 +156,38 @@ def bench(session: nox.Session) -> None:
     _start_file_cost(session)
 
 
+@nox.session(python="3.11")
+def start_file_cost(session: nox.Session) -> None:
+    """Only the Python 3.15 start-up hook cost of ``bench`` (a few minutes; ``-- --quick``)."""
+    session.install("hatchling")
+    _start_file_cost(session)
+
+
 def _start_file_cost(session: nox.Session) -> None:
-    """What popcon_site.start costs Python 3.15 processes, in the sid chroot if it exists."""
+    """What the start-up hook costs Python 3.15 processes, in the sid chroot if it exists."""
     if not (SID_ROOT / "usr/bin/python3.15").exists():
         session.log(f"start-file cost skipped: no python3.15 in {SID_ROOT} (nox -s tests_sid)")
         return
     rounds = (
         "3" if "--smoke" in session.posargs else "101" if "--quick" in session.posargs else "301"
     )
-    wheel = next(Path("benchmarks/work/wheel").glob("popcon_site-*.whl"))
     work = SID_ROOT / "tmp/popcon-bench"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    shutil.copy(wheel, work)
+    # The published 3.9-3.17 wheel, and the one for a site directory of several Pythons.
+    wheels = []
+    for variant in ("pth", "both"):
+        out = work / variant
+        session.run(
+            *("python", "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"),
+            *("-w", str(out), str(ROOT)),
+            env={"POPCON_SITE_HOOKS": variant},
+        )
+        (wheel,) = out.glob("popcon_site-*.whl")
+        wheels.append(f"/tmp/popcon-bench/{variant}/{wheel.name}")
     shutil.copy("benchmarks/start_file_cost.py", work)
-    argv = ["python3.15", "/tmp/popcon-bench/start_file_cost.py", f"/tmp/popcon-bench/{wheel.name}"]
-    output = session.run("chroot", str(SID_ROOT), *argv, rounds, external=True, silent=True)
+    argv = ["python3.15", "/tmp/popcon-bench/start_file_cost.py", *wheels, rounds]
+    output = session.run("chroot", str(SID_ROOT), *argv, external=True, silent=True)
     Path("benchmarks/results/start-file-cost.txt").write_text(str(output))
     print(output)
 
@@ -267,7 +303,15 @@ def hpc(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """ruff (lint + format check) and mypy --strict on src/."""
     session.install("ruff", "mypy", "statsd", "importlib-metadata")
-    paths = ["src", "tests", "tests_reliability", "tests_hpc", "benchmarks", "noxfile.py"]
+    paths = [
+        "src",
+        "tests",
+        "tests_reliability",
+        "tests_hpc",
+        "benchmarks",
+        "noxfile.py",
+        "hatch_build.py",
+    ]
     session.run("ruff", "check", *paths)
     session.run("ruff", "format", "--check", *paths)
     session.run("mypy", "--strict", "src")

@@ -1,18 +1,18 @@
-"""What PEP 829's .start file costs every Python 3.15+ process, reporting off.
+"""What the start-up hook costs every Python 3.15 process, reporting off, as installed.
 
-    python3.15 benchmarks/start_file_cost.py WHEEL [ROUNDS]
+    python3.15 benchmarks/start_file_cost.py PTH_WHEEL BOTH_WHEEL [ROUNDS]
 
-Standard library only: it runs under the interpreter it measures (`nox -s bench`
-runs it inside the Debian sid chroot that `nox -s tests_sid` builds). Three venvs
-of that interpreter, side by side, `python -c pass` interleaved:
+Standard library only: it runs under the interpreter it measures (`nox -s
+start_file_cost`, and `nox -s bench`, run it inside the Debian sid chroot that
+`nox -s tests_sid` builds). Three venvs of that interpreter, side by side,
+`python -c pass` interleaved:
 
 - no hook: nothing installed;
-- .pth only: the wheel installed, popcon_site.start deleted (what README advises on
-  3.15-3.17, where .pth import lines still run);
-- as installed: popcon_site.pth and popcon_site.start.
-
-To run an entry point, site imports pkgutil (and re, collections, enum...), so the
-.start file costs what that import costs, whatever the entry point does.
+- the 3.9-3.17 wheel: what pip and uv install on 3.15, popcon_site.pth alone (a
+  build from source on 3.15 holds the same files);
+- .pth + .start: a wheel built with POPCON_SITE_HOOKS=both, for a site directory
+  shared by several Python versions. The .start switches the .pth line off and runs
+  its entry point, for which site imports pkgutil (and re, collections, enum...).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import zipfile
 from pathlib import Path
 
 
-def make_env(root: Path, wheel: Path | None, keep_start: bool) -> str:
+def make_env(root: Path, wheel: Path | None) -> str:
     venv.EnvBuilder(with_pip=False).create(root)
     python = str(root / "bin" / "python")
     if wheel is not None:
@@ -45,8 +45,6 @@ def make_env(root: Path, wheel: Path | None, keep_start: bool) -> str:
         with zipfile.ZipFile(wheel) as archive:  # a pure wheel: unpacking it is installing it
             members = [m for m in archive.namelist() if ".data/" not in m]
             archive.extractall(site, members)
-        if not keep_start:
-            (site / "popcon_site.start").unlink()
         compileall.compile_dir(str(site / "popcon_site"), quiet=1)
     return python
 
@@ -59,14 +57,14 @@ def run_once(python: str, environ: dict[str, str]) -> float:
 
 
 def main() -> int:
-    wheel = Path(sys.argv[1]).resolve()
-    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 301
+    pth_wheel, both_wheel = (Path(arg).resolve() for arg in sys.argv[1:3])
+    rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 301
     environ = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     with tempfile.TemporaryDirectory() as tmp:
         variants = {
-            "no hook": make_env(Path(tmp, "none"), None, False),
-            ".pth only (.start deleted)": make_env(Path(tmp, "pth"), wheel, False),
-            "as installed (.pth + .start)": make_env(Path(tmp, "both"), wheel, True),
+            "no hook": make_env(Path(tmp, "none"), None),
+            "3.9-3.17 wheel (.pth)": make_env(Path(tmp, "pth"), pth_wheel),
+            "shared dir (.pth + .start)": make_env(Path(tmp, "both"), both_wheel),
         }
         times: dict[str, list[float]] = {name: [] for name in variants}
         for round_index in range(rounds + 1):  # the first round warms the page cache

@@ -12,9 +12,9 @@ from support.envs import Env, base_environ, enabled, make_env
 from support.sinks import UdpSink
 from support.wire import libraries
 
-# Python 3.15+ imports popcon_site for the .start entry point even when off
-# (PEP 829 entry points are module:callable); before 3.15 the .pth line does not.
-LOADED_WHEN_OFF = sys.version_info >= (3, 15)
+# From 3.18 the .start entry point (module:callable) imports popcon_site even when off;
+# up to 3.17 the wheel holds only the .pth, whose line imports it only when on.
+LOADED_WHEN_OFF = sys.version_info >= (3, 18)
 PROBE = (
     "import sys, atexit; "
     "print('popcon_site' in sys.modules, "
@@ -286,9 +286,9 @@ def test_uninstall_removes_the_hook(tmp_path: Path, wheel: Path) -> None:
     pip = [str(env.python), "-m", "pip", "--quiet"]
     subprocess.run([*pip, "install", "--no-deps", str(wheel)], check=True, env=base_environ())
     site = env.site_packages
+    hook = "popcon_site.start" if sys.version_info >= (3, 18) else "popcon_site.pth"
     installed = {
-        site / "popcon_site.pth",
-        site / "popcon_site.start",
+        site / hook,
         env.root / "etc" / "ipython" / "startup" / "00-popcon-site.py",
     }
     assert all(path.exists() for path in installed)

@@ -25,14 +25,14 @@ import promserver
 import pytest
 
 from popcon_site.cli import COMMANDS
-from support.envs import Env, base_environ, enabled, make_env
+from support.envs import ROOT, Env, base_environ, enabled, make_env
 from support.ports import free_port
 from support.sinks import UdpSink
 from support.users import NOBODY, as_nobody
 from support.wire import counters
 
-# The hook this Python runs: PEP 829's .start from 3.15, the .pth line before.
-HOOK_FILE = "popcon_site.start" if sys.version_info >= (3, 15) else "popcon_site.pth"
+# The hook this Python runs, the only one its wheel holds: the .start from 3.18.
+HOOK_FILE = "popcon_site.start" if sys.version_info >= (3, 18) else "popcon_site.pth"
 
 # -- environments -----------------------------------------------------------------------------
 
@@ -159,11 +159,8 @@ def test_status_reports_hook_config_and_index(env: Env, home: Path) -> None:
     assert isinstance(data, dict)
     site = str(env.site_packages)
     files = {hook["file"] for hook in data["hook"]["files"]}
-    assert files == {
-        f"{site}/popcon_site.pth",
-        f"{site}/popcon_site.start",
-        str(env.root / "etc/ipython/startup/00-popcon-site.py"),
-    }
+    assert files == {f"{site}/{HOOK_FILE}", str(env.root / "etc/ipython/startup/00-popcon-site.py")}
+    assert data["hook"]["used_by_this_python"] == HOOK_FILE
     assert data["hook"]["installed"] is True
     assert data["python"]["executable"] == str(env.python)
     assert data["python"]["prefix"] == str(env.root)
@@ -188,8 +185,7 @@ def test_status_reports_hook_config_and_index(env: Env, home: Path) -> None:
     text = cli(env, "status", environ=private(home))
     assert text.returncode == 0
     assert f"installed ({HOOK_FILE} is the one this Python runs)" in text.stdout
-    start_costs_pkgutil = (3, 15) <= sys.version_info < (3, 18)
-    assert ("deleting popcon_site.start brings back" in text.stdout) is start_costs_pkgutil
+    assert f"why: {data['hook']['why']}" in text.stdout
     assert "no (PYTHON_POPCONTEST_ENABLE is not set)" in text.stdout
     assert "localhost:8125 over udp" in text.stdout
     assert "no fresh index" in text.stdout
@@ -217,21 +213,38 @@ def test_status_when_enabled_shows_the_hook_ran(env: Env, home: Path) -> None:
     assert "never six" in text
 
 
-def test_without_the_start_file_the_pth_hook_reports(
-    tmp_path: Path, wheel: Path, sink: UdpSink, home: Path
-) -> None:
-    """What README advises on 3.15-3.17: delete popcon_site.start, the .pth line takes over."""
+def test_a_shared_install_with_both_hooks(tmp_path: Path, sink: UdpSink, home: Path) -> None:
+    """A site directory for several Pythons (POPCON_SITE_HOOKS=both): one hook runs, once."""
+    out = tmp_path / "wheel"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(out),
+            str(ROOT),
+        ],
+        check=True,
+        env={**base_environ(), "POPCON_SITE_HOOKS": "both"},
+    )
     venv = make_env(tmp_path / "venv")
-    venv.install(str(wheel), "six")
-    (venv.site_packages / "popcon_site.start").unlink()
+    venv.install(*map(str, out.glob("*.whl")), "six")
+    assert {"popcon_site.pth", "popcon_site.start"} <= set(os.listdir(venv.site_packages))
     proc = venv.run("-c", "import six", env=enabled(sink, home))
     assert (proc.returncode, proc.stderr) == (0, "")
     assert sink.lines() == ["python_popcon.library_used.six:1|c", "python_popcon.reports:1|c"]
     data = as_json(cli(venv, "status", "--json", environ=private(home)))
     assert isinstance(data, dict)
-    expected = "popcon_site.start" if sys.version_info >= (3, 18) else "popcon_site.pth"
+    # 3.15-3.17: the .start beside the .pth switches the .pth off, and status says what it costs.
+    expected = "popcon_site.start" if sys.version_info >= (3, 15) else "popcon_site.pth"
     assert data["hook"]["used_by_this_python"] == expected
-    assert data["hook"]["installed"] is (expected == "popcon_site.pth")
+    assert data["hook"]["installed"] is True
+    assert ("pkgutil" in data["hook"]["why"]) is ((3, 15) <= sys.version_info < (3, 18))
 
 
 def test_status_shows_an_invalid_config(env: Env, home: Path) -> None:
@@ -664,7 +677,7 @@ def test_index_system_that_cannot_be_written(small: Env, home: Path) -> None:
 
 def test_status_without_the_hook(small: Env, home: Path) -> None:
     site = small.site_packages
-    hooks = [site / "popcon_site.pth", site / "popcon_site.start"]
+    hooks = [site / HOOK_FILE]
     for hook in hooks:
         hook.rename(hook.with_name(hook.name + ".off"))
     try:

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,10 @@ from support.wire import per_process
 pytestmark = pytest.mark.slow
 
 STARTUP_FILE = Path("etc", "ipython", "startup", "00-popcon-site.py")
+HOOKS = {"popcon_site.pth", "popcon_site.start"}
+# The one hook this Python runs: 3.15-3.17 pay ~12 ms per process for any .start,
+# 3.18 ignores .pth import lines (hatch_build.py).
+OWN_HOOK = "popcon_site.start" if sys.version_info >= (3, 18) else "popcon_site.pth"
 
 
 def run_ok(cmd: list[str], **extra: str) -> subprocess.CompletedProcess[str]:
@@ -54,14 +59,17 @@ def record_of(site: Path, distribution: str) -> list[str]:
 # --- installing popcon-site itself ------------------------------------------------------------
 
 
-def install_checkout(env: Env, method: str) -> None:
+def install_checkout(env: Env, method: str, sdist: Path) -> None:
     if method == "pip":
         pip(env, str(ROOT), "six")
     elif method == "pip-editable":
         pip(env, "-e", str(ROOT), "six")
+    elif method == "pip-sdist":
+        pip(env, str(sdist), "six")
     else:
         # --no-cache: uv keys its build cache of a local directory on pyproject.toml,
         # so a cached wheel could hold older sources than the checkout.
+        editable = ["-e"] if method == "uv-editable" else []
         run_ok(
             [
                 uv(),
@@ -71,32 +79,35 @@ def install_checkout(env: Env, method: str) -> None:
                 "--no-cache",
                 "--python",
                 str(env.python),
+                *editable,
                 str(ROOT),
                 "six",
             ]
         )
 
 
-@pytest.mark.parametrize("method", ["pip", "pip-editable", "uv"])
-def test_install_from_checkout(tmp_path: Path, sink: UdpSink, home: Path, method: str) -> None:
-    env = make_env(tmp_path / "venv", pip=method != "uv")
-    install_checkout(env, method)
+@pytest.mark.parametrize("method", ["pip", "pip-editable", "pip-sdist", "uv", "uv-editable"])
+def test_install_from_checkout(
+    tmp_path: Path, sink: UdpSink, home: Path, method: str, sdist: Path
+) -> None:
+    env = make_env(tmp_path / "venv", pip=not method.startswith("uv"))
+    install_checkout(env, method, sdist)
     site = env.site_packages
     record = record_of(site, "popcon_site")
 
-    # The hooks sit at the root of site-packages and are listed in RECORD (so uninstall
-    # removes them), editable install included: hatchling's editable wheel carries the
-    # force-included files and the shared data too.
-    for hook in ("popcon_site.pth", "popcon_site.start"):
-        assert (site / hook).read_bytes() == (ROOT / hook).read_bytes(), hook
-        assert hook in record, (hook, record)
+    # Built from source for this interpreter: its own hook alone, at the root of
+    # site-packages and listed in RECORD (so uninstall removes it), editable included:
+    # hatchling's editable wheel carries the forced files and the shared data too.
+    assert HOOKS & set(os.listdir(site)) == {OWN_HOOK}
+    assert (site / OWN_HOOK).read_bytes() == (ROOT / OWN_HOOK).read_bytes()
+    assert OWN_HOOK in record, record
     assert (env.root / STARTUP_FILE).read_bytes() == (
         ROOT / "share" / "ipython-startup" / "00-popcon-site.py"
     ).read_bytes()
 
     where = env.run("-c", "import popcon_site; print(popcon_site.__file__)")
     assert where.returncode == 0, where.stderr
-    if method == "pip-editable":
+    if method.endswith("-editable"):
         assert not (site / "popcon_site").exists()
         assert where.stdout.strip() == str(ROOT / "src" / "popcon_site" / "__init__.py")
         # The editable wheel's own path entry: a .pth that sorts before ours.
@@ -111,6 +122,167 @@ def test_install_from_checkout(tmp_path: Path, sink: UdpSink, home: Path, method
     assert sent(env, sink, home, "import six") == {"six"}
     # popcon-site itself (and its statsd, importlib-metadata) never counts, editable or not.
     assert sent(env, sink, home, "import popcon_site, six") == {"six"}
+
+
+# --- the published wheels: one per hook, tagged so exactly one fits each Python ---------------
+
+
+PIP_WHEEL = [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation"]
+PIP_DRY_RUN = [sys.executable, "-m", "pip", "install", "--quiet", "--dry-run", "--report", "-"]
+PIP_DRY_RUN += ["--no-index", "--only-binary=:all:", "--no-deps", "--target", "/nonexistent"]
+UV_TARGET = ["pip", "install", "--quiet", "--no-cache", "--no-index", "--no-deps"]
+UV_TARGET += ["--python-platform", "x86_64-unknown-linux-gnu", "--target"]
+
+
+def build_wheel(out: Path, variant: str) -> Path:
+    run_ok([*PIP_WHEEL, "-w", str(out), str(ROOT)], POPCON_SITE_HOOKS=variant)
+    (built,) = out.glob("popcon_site-*.whl")
+    return built
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The two wheels the release uploads, as the release builds them (POPCON_SITE_HOOKS)."""
+    return {v: build_wheel(tmp_path_factory.mktemp(f"wheel-{v}"), v) for v in ("pth", "start")}
+
+
+@pytest.fixture(scope="module")
+def sdist(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("sdist")
+    run_ok([sys.executable, "-m", "hatchling", "build", "-t", "sdist", "-d", str(out)], PWD="")
+    (built,) = out.glob("popcon_site-*.tar.gz")
+    return built
+
+
+@pytest.fixture(scope="module")
+def links(tmp_path_factory: pytest.TempPathFactory, published: dict[str, Path]) -> Path:
+    """A --find-links directory holding both published wheels, like the PyPI release."""
+    directory = tmp_path_factory.mktemp("links")
+    for wheel in published.values():
+        (directory / wheel.name).write_bytes(wheel.read_bytes())
+    return directory
+
+
+def hook_files(wheel: Path) -> set[str]:
+    with zipfile.ZipFile(wheel) as archive:
+        return HOOKS & set(archive.namelist())
+
+
+def test_published_wheels_hold_one_hook_each(published: dict[str, Path]) -> None:
+    assert hook_files(published["pth"]) == {"popcon_site.pth"}
+    assert hook_files(published["start"]) == {"popcon_site.start"}
+    assert published["start"].name == "popcon_site-1.0.0-py318-none-any.whl"
+
+
+VERSIONS = [(3, minor) for minor in range(9, 22)]
+
+
+@pytest.mark.parametrize("version", VERSIONS, ids=lambda v: f"{v[0]}.{v[1]}")
+def test_exactly_one_published_wheel_fits_each_python(
+    published: dict[str, Path], version: tuple[int, int]
+) -> None:
+    from packaging.tags import compatible_tags, cpython_tags
+    from packaging.utils import parse_wheel_filename
+
+    # CPython X.Y's tags as packaging (so pip) orders them; py3 outranks py317 on 3.19+.
+    interpreter = f"cp{version[0]}{version[1]}"
+    supported = [*cpython_tags(version), *compatible_tags(version, interpreter)]
+    fits = [v for v, w in published.items() if parse_wheel_filename(w.name)[3] & set(supported)]
+    assert fits == ["start" if version >= (3, 18) else "pth"]
+
+
+def chosen_by_pip(links: Path, version: str) -> list[str]:
+    proc = run_ok(
+        [*PIP_DRY_RUN, "--find-links", str(links), "--python-version", version, "popcon-site"]
+    )
+    report = json.loads(proc.stdout)["install"]
+    return [item["download_info"]["url"].rsplit("/", 1)[1] for item in report]
+
+
+def installed_by_uv(links: Path, version: str, target: Path) -> set[str]:
+    run_ok(
+        [
+            uv(),
+            *UV_TARGET,
+            str(target),
+            "--find-links",
+            str(links),
+            "--python-version",
+            version,
+            "popcon-site",
+        ]
+    )
+    return HOOKS & set(os.listdir(target))
+
+
+@pytest.mark.parametrize("version", ["3.9", "3.14", "3.15", "3.17", "3.18", "3.19", "3.20"])
+def test_pip_and_uv_pick_the_wheel_for_the_python(
+    links: Path, published: dict[str, Path], tmp_path: Path, version: str
+) -> None:
+    variant = "start" if version in ("3.18", "3.19", "3.20") else "pth"
+    assert chosen_by_pip(links, version) == [published[variant].name]
+    assert installed_by_uv(links, version, tmp_path / "target") == hook_files(published[variant])
+
+
+@pytest.mark.parametrize("installer", ["pip", "uv"])
+def test_install_the_published_wheels(
+    tmp_path: Path, links: Path, sink: UdpSink, home: Path, installer: str
+) -> None:
+    """`pip install popcon-site` with the release on the index: this Python's hook, run once."""
+    env = make_env(tmp_path / "venv", pip=installer == "pip")
+    if installer == "pip":
+        pip(env, "--find-links", str(links), "popcon-site", "six")
+    else:
+        run_ok(
+            [
+                uv(),
+                "pip",
+                "install",
+                "--quiet",
+                "--no-cache",
+                "--python",
+                str(env.python),
+                "--find-links",
+                str(links),
+                "popcon-site",
+                "six",
+            ]
+        )
+    assert HOOKS & set(os.listdir(env.site_packages)) == {OWN_HOOK}
+    assert OWN_HOOK in record_of(env.site_packages, "popcon_site")
+    assert sent(env, sink, home, "import six") == {"six"}  # sent() checks one report
+
+
+@pytest.mark.parametrize("editable", [False, True], ids=["uv", "uv-editable"])
+def test_uv_cache_never_hands_a_build_to_the_wrong_python(tmp_path: Path, editable: bool) -> None:
+    """A build for 3.18+ (forced here) sits in uv's cache; this Python must build its own.
+
+    Builds from source are tagged for the building interpreter (cp311-none-any), so
+    uv only reuses them where they fit; a py3-none-any build was reused everywhere.
+    uv rebuilds editables at each install.
+    """
+    cache = tmp_path / "uv-cache"
+    flag = ["-e"] if editable else []
+
+    def install(env: Env, **extra: str) -> subprocess.CompletedProcess[str]:
+        cmd = [uv(), "pip", "install", "--quiet", "--cache-dir", str(cache)]
+        cmd += ["--python", str(env.python), *flag, str(ROOT)]
+        return subprocess.run(cmd, capture_output=True, text=True, env=base_environ(**extra))
+
+    first = make_env(tmp_path / "first")
+    forced = install(first, POPCON_SITE_HOOKS="start")
+    if editable:  # hatchling tags every editable wheel py3-none-any
+        assert forced.returncode == 0, forced.stderr
+        assert HOOKS & set(os.listdir(first.site_packages)) == {"popcon_site.start"}
+    elif sys.version_info < (3, 18):
+        assert forced.returncode != 0 and "py318-none-any.whl" in forced.stderr, forced.stderr
+    cached = {p.name for p in cache.rglob("popcon_site-*.whl")}
+    assert any("py318" in name or editable for name in cached), cached
+
+    second = make_env(tmp_path / "second")
+    proc = install(second)
+    assert proc.returncode == 0, proc.stderr
+    assert HOOKS & set(os.listdir(second.site_packages)) == {OWN_HOOK}
 
 
 # --- editable installs of the user's own projects ---------------------------------------------

@@ -8,15 +8,13 @@ import socket
 import stat
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import statsd
 
 import popcon_site
-from popcon_site import _index, _report, _select
+from popcon_site import _hooks, _index, _report, _select
 from popcon_site._indexer import shortest_unique_prefixes
-from popcon_site.cli import status
 
 
 def test_defaults_match_the_earlier_readme() -> None:
@@ -289,21 +287,30 @@ def test_failed_imports_are_told_apart_from_cached_listings(
     assert _report.module_files(["not_there"], seen=["not_there"]) == set()
 
 
-@pytest.mark.parametrize(
-    ("version", "elsewhere", "beside"),
-    [
-        ((3, 9), "popcon_site.pth", "popcon_site.pth"),
-        ((3, 14), "popcon_site.pth", "popcon_site.pth"),
-        ((3, 15), "popcon_site.pth", "popcon_site.start"),  # PEP 829: .start wins beside it
-        ((3, 17), "popcon_site.pth", "popcon_site.start"),
-        ((3, 18), "popcon_site.start", "popcon_site.start"),  # .pth import lines ignored
-    ],
-)
-def test_status_names_the_pth_hook_when_no_start_file_is_beside_it(
-    monkeypatch: pytest.MonkeyPatch, version: tuple[int, int], elsewhere: str, beside: str
-) -> None:
-    monkeypatch.setattr(status, "sys", SimpleNamespace(version_info=(*version, 0)))
-    pth_here = ["/a/site-packages/popcon_site.pth", "/b/site-packages/popcon_site.start"]
-    both_here = ["/a/site-packages/popcon_site.pth", "/a/site-packages/popcon_site.start"]
-    assert status._hook_used_by_this_python(pth_here) == elsewhere
-    assert status._hook_used_by_this_python(both_here) == beside
+@pytest.mark.parametrize("minor", [9, 14, 15, 17, 18, 19])
+def test_hook_state_names_the_hook_each_python_runs(tmp_path: Path, minor: int) -> None:
+    """The .pth up to 3.17 unless a .start is beside it (3.15-3.17); the .start from 3.18."""
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for directory, names in ((a, ["popcon_site.pth"]), (b, ["popcon_site.start"])):
+        directory.mkdir()
+        for name in names:
+            (directory / name).write_text("")
+    version = (3, minor)
+    elsewhere = _hooks.state([str(a), str(b)], version)
+    assert elsewhere["used_by_this_python"] == (
+        "popcon_site.start" if minor >= 18 else "popcon_site.pth"
+    )
+    assert elsewhere["installed"] is True
+    (a / "popcon_site.start").write_text("")  # a shared install: both files side by side
+    beside = _hooks.state([str(a)], version)
+    assert beside["used_by_this_python"] == (
+        "popcon_site.start" if minor >= 15 else "popcon_site.pth"
+    )
+    assert ("pkgutil" in beside["why"]) is (15 <= minor < 18)
+    alone = _hooks.state([str(b)], version)  # only a .start: 3.9-3.14 have no hook at all
+    assert alone["installed"] is (minor >= 15)
+    assert {Path(f["file"]).name for f in beside["files"]} == {
+        "popcon_site.pth",
+        "popcon_site.start",
+    }

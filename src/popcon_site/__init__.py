@@ -1,10 +1,10 @@
 # popcon-site: which installed distributions do the processes of this environment import?
 #
 # This module is the start-up half.  The hook (popcon_site.pth, or popcon_site.start
-# on Python 3.15+) imports it in every process that has PYTHON_POPCONTEST_ENABLE set;
-# activate() snapshots sys.modules, puts a name-noting finder first in sys.meta_path
-# and registers the exit report, which lives in popcon_site._report.  A process
-# still running some seconds later also reports from checkpoints (_checkpoint).
+# from Python 3.18; see hatch_build.py) imports it in every process that has
+# PYTHON_POPCONTEST_ENABLE set; activate() snapshots sys.modules, puts a name-noting
+# finder first in sys.meta_path and registers the exit report, which lives in
+# popcon_site._report.
 #
 # It is also the bottom of the package's import graph: the vocabulary every other
 # module shares (variable names, defaults, true and false words, what an address
@@ -364,7 +364,7 @@ def setup_reporter() -> bool:
 
 
 def _startup_hook() -> None:
-    # PEP 829 entry point (popcon_site.start, Python 3.15+), and the .pth line's target.
+    # PEP 829 entry point (popcon_site.start, Python 3.18+), and the .pth line's target.
     # The .pth line calls it for any value but the false words: a value that is neither
     # gets its one-line reason in debug mode instead of silence.
     global _enable_problem_said

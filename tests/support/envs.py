@@ -144,7 +144,12 @@ def make_env(path: Path, *, system_site_packages: bool = False, pip: bool = Fals
 
 
 def build_popcon_wheel(out: Path) -> Path:
-    """popcon-site's wheel, built from this checkout with hatchling into ``out``."""
+    """popcon-site's wheel, built from this checkout with hatchling into ``out``.
+
+    Built as released (hatch_build.py): the 3.9-3.17 wheel, or the 3.18+ one, so it
+    also installs into venvs of the other interpreters of that range.
+    """
+    variant = "start" if sys.version_info >= (3, 18) else "pth"
     subprocess.run(
         [
             sys.executable,
@@ -159,7 +164,7 @@ def build_popcon_wheel(out: Path) -> Path:
             str(ROOT),
         ],
         check=True,
-        env=base_environ(),
+        env=base_environ(POPCON_SITE_HOOKS=variant),
     )
     (built,) = out.glob("popcon_site-*.whl")
     return built

@@ -15,6 +15,7 @@ from popcon_site import (
     FALSE_WORDS,
     __version__,
     _attribution,
+    _hooks,
     _index,
     _installed,
     enable_problem,
@@ -40,48 +41,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 IPYTHON_STARTUP = os.path.join("etc", "ipython", "startup", "00-popcon-site.py")
 
 
-START_FILE_NOTE = (
-    "note: a .start file makes site import pkgutil in every process, reporting on or off"
-    " (~12 ms on 3.15 here); on 3.15-3.17, deleting popcon_site.start brings back the"
-    " cheaper .pth hook (README, Limitations)"
-)
-
-
-def _hook_used_by_this_python(files: list[str]) -> str:
-    # 3.15-3.17 run a .pth's import lines unless a .start of the same name is beside
-    # it (PEP 829); 3.18 ignores them.  Admins may delete the .start on 3.15-3.17: it
-    # makes site import pkgutil in every process (README, Limitations).
-    if sys.version_info >= (3, 18):
-        return "popcon_site.start"
-    names = set(files)
-    pth_alone = any(
-        f.endswith(os.sep + "popcon_site.pth") and f[: -len("pth")] + "start" not in names
-        for f in files
-    )
-    if sys.version_info >= (3, 15) and not pth_alone:
-        return "popcon_site.start"
-    return "popcon_site.pth"
-
-
 def run(args: argparse.Namespace) -> int:
     site_dirs = _attribution.site_dirs()
     user_site = _installed.user_site()
-    hooks = []
-    for directory in site_dirs:
-        for name, role in (
-            ("popcon_site.pth", "start-up hook, Python 3.9-3.17 when no .start is beside it"),
-            ("popcon_site.start", "start-up hook, Python 3.15+ (PEP 829)"),
-        ):
-            path = os.path.join(directory, name)
-            if os.path.isfile(path):
-                hooks.append({"file": path, "role": role})
+    hook = _hooks.state(site_dirs)
+    hooks = hook["files"]
     # pip puts data files under its install prefix: /usr/local for Debian's system Python.
     for prefix in dict.fromkeys(p for p in (_index.install_prefix(), sys.prefix) if p):
         ipython = os.path.join(prefix, IPYTHON_STARTUP)
         if os.path.isfile(ipython):
             hooks.append({"file": ipython, "role": "IPython start-up file, for Jupyter kernels"})
-    hook_file = _hook_used_by_this_python([h["file"] for h in hooks])
-    hook_installed = any(os.path.basename(h["file"]) == hook_file for h in hooks)
+    hook_file, hook_installed = hook["used_by_this_python"], hook["installed"]
 
     raw_enable = os.environ.get(ENV_ENABLE)
     enabled = is_true(raw_enable)
@@ -104,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
             "prefix": sys.prefix,
         },
         "popcon_site": {"version": __version__, "module": os.path.dirname(popcon_site.__file__)},
-        "hook": {"installed": hook_installed, "used_by_this_python": hook_file, "files": hooks},
+        "hook": hook,
         "enabled_in_this_shell": enabled,
         "enable_variable": raw_enable,
         "hook_ran_in_this_process": active,
@@ -147,10 +117,9 @@ def run(args: argparse.Namespace) -> int:
         row("hook", f"installed ({hook_file} is the one this Python runs)")
     else:
         row("hook", f"NOT INSTALLED: no {hook_file} in any site directory of this Python")
-    for hook in hooks:
-        row("", f"{hook['file']}  [{hook['role']}]")
-    if hook_file == "popcon_site.start" and sys.version_info < (3, 18):
-        row("", START_FILE_NOTE)
+    for entry in hooks:
+        row("", f"{entry['file']}  [{entry['role']}]")
+    row("", f"why: {hook['why']}")
     if enabled:
         state = "yes" + (
             ", and the hook ran in this process"
