@@ -314,3 +314,17 @@ def test_hook_state_names_the_hook_each_python_runs(tmp_path: Path, minor: int) 
         "popcon_site.pth",
         "popcon_site.start",
     }
+
+
+def test_a_dist_info_without_record_or_top_level_owns_the_module_named_like_it(
+    tmp_path: Path,
+) -> None:
+    # Debian's python3-numpy: numpy-2.4.6.dist-info holds METADATA and INSTALLER only.
+    from popcon_site._indexer import build
+
+    (tmp_path / "numpy-2.4.6.dist-info").mkdir()
+    (tmp_path / "numpy-2.4.6.dist-info" / "METADATA").write_text("Name: numpy\nVersion: 2.4.6\n")
+    (tmp_path / "numpy").mkdir()
+    (tmp_path / "numpy" / "__init__.py").write_text("")
+    (tmp_path / "numpyish.py").write_text("")
+    assert build(str(tmp_path)).owners == {"numpy": "numpy"}

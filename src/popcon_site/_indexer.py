@@ -48,7 +48,7 @@ def build(site_dir: str) -> SiteIndex:
             if not paths:
                 if listing is None:
                     listing = _listing(site_dir)
-                paths = _top_level_paths(dist, listing)
+                paths = _top_level_paths(dist, listing, name)
             for parts in paths:
                 owned[parts].add(name)
             for root in _editable_roots(dist, installed, site_dir):
@@ -128,9 +128,15 @@ def _inside_site_dir(parts: Parts) -> bool:
     )
 
 
-def _top_level_paths(dist: Distribution, listing: list[str]) -> list[Parts]:
-    """Without a file list, the site directory entries named in top_level.txt."""
-    text = dist.read_text("top_level.txt") or ""
+def _top_level_paths(dist: Distribution, listing: list[str], name: str) -> list[Parts]:
+    """Without a file list, the site directory entries named in top_level.txt.
+
+    Without that too (Debian's python3-numpy ships a .dist-info with neither RECORD
+    nor top_level.txt), the module named like the distribution: ``numpy``.
+    """
+    text = dist.read_text("top_level.txt")
+    if text is None:
+        text = name.replace("-", "_")
     names = {line.strip() for line in text.splitlines() if line.strip()}
     paths: list[Parts] = []
     for entry in listing:
