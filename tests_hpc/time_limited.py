@@ -8,8 +8,8 @@ beside every other test.  conftest.py submits it and puts its test
 
 Three Pythons run in the job, each reporting to a sink of its own, all killed together:
 
-- ``indexed``: the loop of test_kills.py, in an environment whose admin ran
-  ``popcon-site index --system``: its checkpoint sends pyyaml and reports;
+- ``indexed``: a loop that keeps what it builds (as in test_kills.py), in an environment
+  whose admin ran ``popcon-site index --system``: its checkpoint sends pyyaml and reports;
 - ``cold``: the same loop in the cluster's Python, with no index anywhere: a checkpoint
   never builds one inside the program's work, so only reports survives the kill;
 - ``handler``: a SIGTERM handler that calls ``sys.exit()``; it imports six after its
@@ -46,6 +46,8 @@ KILLED = (
     f"end = time.monotonic() + {LIFETIME}\n"
     "open(sys.argv[1], 'w').close()\n" + LOOP
 )
+# Its first checkpoint (10 s) has sent pyyaml and reports when it imports six at 15 s;
+# then it only sleeps, and no checkpoint comes again.
 HANDLER = (
     "import signal, sys, time, yaml\n"
     "def stop(signum, frame):\n"
@@ -53,7 +55,7 @@ HANDLER = (
     "    sys.exit(0)\n"
     "signal.signal(signal.SIGTERM, stop)\n"
     "open(sys.argv[1], 'w').close()\n"
-    "end = time.monotonic() + 13\n" + LOOP + "import six\n"  # past the first checkpoint (10 s)
+    "end = time.monotonic() + 15\n" + LOOP + "import six\n"
     f"end = time.monotonic() + {LIFETIME}\n"
     "while time.monotonic() < end:\n"
     "    time.sleep(0.1)\n"
