@@ -17,7 +17,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
+import time_limited  # noqa: E402
 from slurm_cluster import Cluster  # noqa: E402
+from time_limited import TimeLimitedJob  # noqa: E402
 
 from support.envs import Env, make_env  # noqa: E402
 
@@ -46,3 +48,32 @@ def python_module(tmp_path_factory: pytest.TempPathFactory, wheel: Path) -> Env:
     env = make_env(tmp_path_factory.mktemp("python-module") / "venv")
     env.install(str(wheel), "pyyaml")
     return env
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "time_limited: checks the --time=1 job; runs last")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # The time-limited job runs beside every other test: its check comes last.
+    items.sort(key=lambda item: item.get_closest_marker("time_limited") is not None)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def time_limited_job(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    wheel: Path,
+) -> Iterator[TimeLimitedJob | None]:
+    """The --time=1 job (time_limited.py), submitted before the first test when selected."""
+    if not any(item.get_closest_marker("time_limited") for item in request.session.items):
+        yield None
+        return
+    cluster: Cluster = request.getfixturevalue("cluster")
+    cold: Env = request.getfixturevalue("python_module")
+    indexed = time_limited.indexed_env(tmp_path_factory.mktemp("indexed") / "venv", wheel)
+    job = time_limited.submit(cluster, indexed, cold, tmp_path_factory.mktemp("time-limited"))
+    try:
+        yield job
+    finally:
+        job.close(cluster)

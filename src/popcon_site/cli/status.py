@@ -223,7 +223,13 @@ def _index_state(
             f"built {age(float(str(used['age_seconds'])))}: {used['file']}"
         )
     else:
-        summary = "no fresh index: the next reporting process builds one (or run popcon-site index)"
+        # Checkpoints never build one inside the program's work: what they send needs it.
+        fix = "popcon-site index" if user_site else "popcon-site index --system as its owner"
+        summary = (
+            "NO USABLE INDEX: a job killed before it exits sends only reports (checkpoints "
+            f"never build one; the next process to exit normally does): run {fix} after "
+            "every install"
+        )
     for old in stale:
         summary += f"; ignored {old['scope']} index ({old['reason']}): {old['file']}"
     return {
