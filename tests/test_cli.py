@@ -188,7 +188,7 @@ def test_status_reports_hook_config_and_index(env: Env, home: Path) -> None:
     assert f"why: {data['hook']['why']}" in text.stdout
     assert "no (PYTHON_POPCONTEST_ENABLE is not set)" in text.stdout
     assert "localhost:8125 over udp" in text.stdout
-    assert "NO USABLE INDEX: a job killed before it exits sends only reports" in text.stdout
+    assert "NO USABLE INDEX: a process killed before it exits sends only reports" in text.stdout
     assert "run popcon-site index --system as its owner after every install" in text.stdout
 
 

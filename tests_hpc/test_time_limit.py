@@ -28,7 +28,7 @@ def test_a_job_killed_at_its_time_limit(
     job = time_limited_job
     assert job is not None
     # Before the job ran, status told the admin what the cold Python would lose.
-    assert "a job killed before it exits sends only reports" in job.cold_status
+    assert "a process killed before it exits sends only reports" in job.cold_status
     assert cluster.wait(job.id, timeout=150) == {job.id: "TIMEOUT"}, job.out.read_text()
     waited = time.monotonic() - job.submitted
     shown = cluster.run("scontrol", "-o", "show", "job", job.id, env=os.environ)

@@ -226,7 +226,7 @@ def _index_state(
         # Checkpoints never build one inside the program's work: what they send needs it.
         fix = "popcon-site index" if user_site else "popcon-site index --system as its owner"
         summary = (
-            "NO USABLE INDEX: a job killed before it exits sends only reports (checkpoints "
+            "NO USABLE INDEX: a process killed before it exits sends only reports (checkpoints "
             f"never build one; the next process to exit normally does): run {fix} after "
             "every install"
         )
