@@ -108,7 +108,7 @@ def test_helm_values_embed_the_same_mapping() -> None:
     annotations = values["service"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"
     assert int(annotations["prometheus.io/port"]) == values["service"]["port"] == 9102
-    assert "rollout restart" in HELM.read_text()  # the mapping-change caveat
+    assert "checksum/config" in HELM.read_text()  # why a mapping change restarts the pod
 
 
 # -- recording rules and the dashboard, exactly, with promtool ----------------------------
