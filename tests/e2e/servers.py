@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -338,6 +339,19 @@ def substitute(text: str, replacements: dict[str, str]) -> str:
 
 
 # -- Prometheus ----------------------------------------------------------------------------
+
+
+def default_args() -> list[str]:
+    """ARGS of the shipped /etc/default/prometheus, minus the listen address the test sets."""
+    text = (DEPLOY / "vm" / "prometheus.default").read_text()
+    (line,) = [line for line in text.splitlines() if line.startswith("ARGS=")]
+    # The unit runs `prometheus $ARGS`: systemd splits the value on whitespace.
+    (value,) = shlex.split(line[len("ARGS=") :])
+    args = value.split()
+    assert "--web.listen-address=127.0.0.1:9090" in args  # loopback only
+    args.remove("--web.listen-address=127.0.0.1:9090")
+    assert any(a.startswith("--storage.tsdb.retention.time=") for a in args), args
+    return args
 
 
 class QueryAPI:

@@ -29,23 +29,18 @@ from typing import Any
 import pytest
 import statsd_mapping
 import yaml
-from fixtures import (
-    default_args,
-    e2e_env,
+from servers import DEPLOY, Collectd, Prometheus, StatsdExporter, default_args, need, wait_for
+
+from support.e2e import (
+    NAMESPACE,
+    NS_PREFIX,
     expected_counts,
     installed_distributions,
     reporting_environ,
     run_processes,
     snippets,
 )
-from servers import DEPLOY, Collectd, Prometheus, StatsdExporter, need, wait_for
-
 from support.envs import Env
-
-__all__ = ["e2e_env"]  # the fixture, registered in this module
-
-NAMESPACE = "jhub-prod"
-NS_PREFIX = f"python_popcon.namespace.{NAMESPACE}.library_used"
 
 # The first wave imports every library its namespace's second wave imports.
 DEFAULT_WAVE1 = {

@@ -25,25 +25,29 @@ from typing import Any
 import promserver
 import pytest
 import yaml
-from fixtures import (
+from servers import (
+    DEPLOY,
+    Prometheus,
+    StatsdExporter,
+    VictoriaMetrics,
     default_args,
-    e2e_env,
+    need,
+    wait_for,
+)
+
+from support.e2e import (
+    NAMESPACE,
+    NS_PREFIX,
     expected_counts,
     installed_distributions,
     reporting_environ,
     run_processes,
     snippets,
 )
-from servers import DEPLOY, Prometheus, StatsdExporter, VictoriaMetrics, need, wait_for
-
 from support.envs import Env, base_environ
-
-__all__ = ["e2e_env"]  # the fixture, registered in this module
 
 MAPPING = DEPLOY / "statsd-exporter" / "mapping.yml"
 RULES = DEPLOY / "prometheus" / "popcon-site.rules.yml"
-NAMESPACE = "jhub-prod"
-NS_PREFIX = f"python_popcon.namespace.{NAMESPACE}.library_used"
 K = 10
 
 # {shard: (wave 1, wave 2)} of default-prefix processes; wave 1 creates the series.
