@@ -380,9 +380,10 @@ class QueryAPI:
 
 
 class Prometheus(QueryAPI, Server):
-    """Prometheus from Debian, with the given configuration, on a free loopback port."""
+    """Prometheus from Debian with the given configuration and the shipped arguments
+    (default_args), on a free loopback port; the configuration must pass promtool."""
 
-    def __init__(self, workdir: Path, config: dict[str, Any], extra_args: list[str]) -> None:
+    def __init__(self, workdir: Path, config: dict[str, Any]) -> None:
         import yaml
 
         self.port = free_port()
@@ -393,11 +394,15 @@ class Prometheus(QueryAPI, Server):
             f"--config.file={self.config}",
             f"--storage.tsdb.path={workdir / 'data'}",
             f"--web.listen-address=127.0.0.1:{self.port}",
-            *extra_args,
+            *default_args(),
         ]
         super().__init__("prometheus", argv, workdir)
 
     def start(self) -> None:
+        check = subprocess.run(
+            [need("promtool"), "check", "config", str(self.config)], capture_output=True, text=True
+        )
+        assert check.returncode == 0, check.stdout + check.stderr
         super().start()
         wait_for(lambda: http_get(f"{self.url}/-/ready") is not None, "/-/ready", 30, self)
 
