@@ -4,7 +4,8 @@
 # standard library: a module file -> the site directory holding it -> that
 # directory's index (popcon_site._index, built by popcon_site._indexer when no
 # fresh one exists), or an editable install's source root.  ``popcon-site which``
-# calls the same Attributor.credit() the exit report does, so the two cannot disagree.
+# and checkpoints call the same Attributor.credit() the exit report does, so they
+# cannot disagree.
 
 import os
 import sys

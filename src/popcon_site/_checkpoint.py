@@ -56,7 +56,7 @@ class _Attributor(_attribution.Attributor):
         if site_dir in self.indexes:
             return self.indexes[site_dir]
         if site_dir in self.cold:
-            return None
+            return None  # looked up once a checkpoint, not once a file of it (~0.1 ms each)
         try:
             found = _attribution.fresh_index(site_dir, build=self.may_build)
         except _attribution.NotBuilt:
