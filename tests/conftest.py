@@ -8,7 +8,7 @@ import pytest
 
 from support.envs import Env, make_env
 
-pytest_plugins = ["support.fixtures"]  # wheel, sink, home
+pytest_plugins = ["support.fixtures", "support.e2e"]  # wheel, sink, home; e2e_env
 
 
 @pytest.fixture(scope="session")

@@ -138,6 +138,29 @@ def test_imports_after_a_checkpoint_are_sent_once_and_reports_once(
     ]
 
 
+def test_a_cold_index_is_left_to_the_exit_report(env: Env, sink: UdpSink, home: Path) -> None:
+    """No index cached yet: a checkpoint inside the program's work builds none (neither
+    the builder nor importlib-metadata is loaded, no cache file written) and sends only
+    the reports counter; the exit report builds the index and sends the rest, once."""
+    code = LOOP + textwrap.dedent("""\
+        import os, yaml, six
+        work(2.5)      # checkpoints at 1 s and 2 s, the index still to build
+        import popcon_site
+        cache = os.path.join(os.environ["XDG_CACHE_HOME"], "popcon-site")
+        print(type(popcon_site.current().checkpoint).__name__,
+              "popcon_site._indexer" in sys.modules, "importlib.metadata" in sys.modules,
+              os.listdir(cache) if os.path.isdir(cache) else [])
+        """)
+    proc = start(env, code, enabled(sink, home, PYTHON_POPCONTEST_CHECKPOINT="1"))
+    stdout, stderr = proc.communicate(timeout=60)
+    assert (proc.returncode, stdout, stderr) == (0, "State False False []\n", "")
+    packets = wait_for(sink, {lib("six")}, 2.0)
+    assert [sorted(packet.decode().split("\n")) for packet in packets] == [
+        [REPORTS],
+        [lib("pyyaml"), lib("six")],
+    ]
+
+
 def test_a_short_process_sends_one_datagram_identical_to_before(
     env: Env, sink: UdpSink, warm: Path
 ) -> None:

@@ -4,7 +4,8 @@
 # standard library: a module file -> the site directory holding it -> that
 # directory's index (popcon_site._index, built by popcon_site._indexer when no
 # fresh one exists), or an editable install's source root.  ``popcon-site which``
-# calls the same Attributor.credit() the exit report does, so the two cannot disagree.
+# and checkpoints call the same Attributor.credit() the exit report does, so they
+# cannot disagree.
 
 import os
 import sys
@@ -121,9 +122,15 @@ def stdlib_dir() -> "str | None":
     return directory
 
 
-def fresh_index(site_dir: str) -> "SiteIndex | None":
+class NotBuilt(Exception):
+    # fresh_index(build=False) found no fresh index saved: one has to be built.
+    pass
+
+
+def fresh_index(site_dir: str, build: bool = True) -> "SiteIndex | None":
     # A fresh index for ``site_dir``: the environment's shared one (``popcon-site index
-    # --system``), else the user's cache; failing both, built now and cached.
+    # --system``), else the user's cache; failing both, built now and cached, or with
+    # build=False (a checkpoint inside the program's own work) NotBuilt is raised.
     from popcon_site import _index
 
     stamp = _index.stamp_of(site_dir)
@@ -134,15 +141,16 @@ def fresh_index(site_dir: str) -> "SiteIndex | None":
         if found is not None:
             return found
     cache_dir = _index.user_cache_dir()
-    stale = None
     if cache_dir is not None:
         found = _index.load(cache_dir, site_dir, stamp, shared=False)
         if found is not None:
             return found
-        stale = _index.load(cache_dir, site_dir, None, shared=False)
-    from popcon_site._indexer import build
+    if not build:
+        raise NotBuilt(site_dir)
+    stale = _index.load(cache_dir, site_dir, None, shared=False) if cache_dir is not None else None
+    from popcon_site._indexer import build as build_index
 
-    built = build(site_dir)
+    built = build_index(site_dir)
     # A build in which most distributions failed says more about this process (sys.modules
     # replaced, no file descriptors left...) than about the directory: never keep it.
     if cache_dir is not None and built.stamp == stamp and built.complete:

@@ -26,13 +26,13 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from types import FrameType
 
-    from popcon_site import Session, _attribution, _index, _report
+    from popcon_site import Session, _attribution, _report
     from popcon_site._index import SiteIndex
     from popcon_site._report import Config
     from popcon_site._resolve import Address
 else:  # loaded as this module was, without the import system
     _report = popcon_site._sibling("_report")
-    _index = popcon_site._sibling("_index")
+    popcon_site._sibling("_index")  # so that fresh_index's import of it finds it loaded
     _attribution = popcon_site._sibling("_attribution")
 
 # Checkpoints come at the delay, then twice as far apart each time, at most CAP: a
@@ -55,38 +55,22 @@ class _Attributor(_attribution.Attributor):
     def index(self, site_dir: str) -> "SiteIndex | None":
         if site_dir in self.indexes:
             return self.indexes[site_dir]
-        if self.may_build:
-            found = _attribution.fresh_index(site_dir)
-        else:
-            warm = warm_index(site_dir)
-            if warm is COLD:
-                self.cold.add(site_dir)  # not kept: tried again at the next checkpoint
-                return None
-            found = warm  # type: ignore[assignment]
-        self.cold.discard(site_dir)
+        if site_dir in self.cold:
+            return None  # looked up once a checkpoint, not once a file of it (~0.1 ms each)
+        try:
+            found = _attribution.fresh_index(site_dir, build=self.may_build)
+        except _attribution.NotBuilt:
+            self.cold.add(site_dir)  # not kept: tried again at the next checkpoint
+            return None
         self.indexes[site_dir] = found
         return found
 
-
-COLD = object()
-
-
-def warm_index(site_dir: str) -> object:
-    # The fresh index of a site directory, None if there is no such directory, or
-    # COLD if it has to be built (as _attribution.fresh_index looks, without building).
-    stamp = _index.stamp_of(site_dir)
-    if stamp is None:
-        return None
-    for directory in _index.system_index_dirs():
-        found = _index.load(directory, site_dir, stamp, shared=True)
-        if found is not None:
-            return found
-    cache_dir = _index.user_cache_dir()
-    if cache_dir is not None:
-        found = _index.load(cache_dir, site_dir, stamp, shared=False)
-        if found is not None:
-            return found
-    return COLD
+    def decided(self, path: str, where: str) -> bool:
+        # False when credit(path) needed an index still to build: the file's own, or for
+        # a file outside the site directories any index (it may name an editable root).
+        if not self.cold or where == _attribution.IN_STDLIB:
+            return True
+        return where == _attribution.IN_SITE_DIR and self.site_dir_of(path) not in self.cold
 
 
 class State:
@@ -214,33 +198,14 @@ def attribute(names: "set[str]", attributor: _Attributor) -> "tuple[set[str], li
             checked.append(name)  # built in, or a namespace package: nothing to count
     owners: set[str] = set()
     complete = True
-    outside = []
     for path, found in files.items():
-        site_dir = attributor.site_dir_of(path)
-        if site_dir is None:
-            if attributor.in_stdlib(path):
-                checked += found
-            else:
-                outside.append((path, found))
-            continue
-        index = attributor.index(site_dir)
-        if site_dir in attributor.cold:
+        owner, where = attributor.credit(path)
+        if not attributor.decided(path, where):
             complete = False
             continue
-        owner = index.owner_of(path[len(site_dir) + 1 :].split(os.sep)) if index else None
         if owner is not None:
             owners.add(owner)
         checked += found
-    if outside:
-        roots = attributor.editable_roots()
-        if attributor.cold:
-            complete = False  # an editable root may be in the index still to build
-        else:
-            for path, found in outside:
-                owner = _attribution.owner_by_root(path, roots)
-                if owner is not None:
-                    owners.add(owner)
-                checked += found
     owners.discard(_attribution.OWN_DISTRIBUTION)
     return owners, checked, complete
 

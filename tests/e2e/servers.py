@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -340,6 +341,19 @@ def substitute(text: str, replacements: dict[str, str]) -> str:
 # -- Prometheus ----------------------------------------------------------------------------
 
 
+def default_args() -> list[str]:
+    """ARGS of the shipped /etc/default/prometheus, minus the listen address the test sets."""
+    text = (DEPLOY / "vm" / "prometheus.default").read_text()
+    (line,) = [line for line in text.splitlines() if line.startswith("ARGS=")]
+    # The unit runs `prometheus $ARGS`: systemd splits the value on whitespace.
+    (value,) = shlex.split(line[len("ARGS=") :])
+    args = value.split()
+    assert "--web.listen-address=127.0.0.1:9090" in args  # loopback only
+    args.remove("--web.listen-address=127.0.0.1:9090")
+    assert any(a.startswith("--storage.tsdb.retention.time=") for a in args), args
+    return args
+
+
 class QueryAPI:
     """The Prometheus HTTP query API, which VictoriaMetrics answers too."""
 
@@ -366,9 +380,10 @@ class QueryAPI:
 
 
 class Prometheus(QueryAPI, Server):
-    """Prometheus from Debian, with the given configuration, on a free loopback port."""
+    """Prometheus from Debian with the given configuration and the shipped arguments
+    (default_args), on a free loopback port; the configuration must pass promtool."""
 
-    def __init__(self, workdir: Path, config: dict[str, Any], extra_args: list[str]) -> None:
+    def __init__(self, workdir: Path, config: dict[str, Any]) -> None:
         import yaml
 
         self.port = free_port()
@@ -379,11 +394,15 @@ class Prometheus(QueryAPI, Server):
             f"--config.file={self.config}",
             f"--storage.tsdb.path={workdir / 'data'}",
             f"--web.listen-address=127.0.0.1:{self.port}",
-            *extra_args,
+            *default_args(),
         ]
         super().__init__("prometheus", argv, workdir)
 
     def start(self) -> None:
+        check = subprocess.run(
+            [need("promtool"), "check", "config", str(self.config)], capture_output=True, text=True
+        )
+        assert check.returncode == 0, check.stdout + check.stderr
         super().start()
         wait_for(lambda: http_get(f"{self.url}/-/ready") is not None, "/-/ready", 30, self)
 

@@ -18,14 +18,12 @@ from typing import Any
 import pytest
 import statsd_mapping
 import yaml
-from fixtures import e2e_env, installed_distributions
 from servers import DEPLOY, need
 
 import popcon_site
 from popcon_site import _report
+from support.e2e import installed_distributions
 from support.envs import Env, base_environ
-
-__all__ = ["e2e_env"]  # the fixture, registered in this module
 
 MAPPING = DEPLOY / "statsd-exporter" / "mapping.yml"
 RULES = DEPLOY / "prometheus" / "popcon-site.rules.yml"
@@ -108,7 +106,7 @@ def test_helm_values_embed_the_same_mapping() -> None:
     annotations = values["service"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"
     assert int(annotations["prometheus.io/port"]) == values["service"]["port"] == 9102
-    assert "rollout restart" in HELM.read_text()  # the mapping-change caveat
+    assert "checksum/config" in HELM.read_text()  # why a mapping change restarts the pod
 
 
 # -- recording rules and the dashboard, exactly, with promtool ----------------------------

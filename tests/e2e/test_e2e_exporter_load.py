@@ -28,14 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from fixtures import e2e_env, reporting_environ, run_processes
 from servers import DEPLOY, StatsdExporter, need, wait_for
 
 import popcon_site
 from popcon_site import _report
+from support.e2e import reporting_environ, run_processes
 from support.envs import Env
-
-__all__ = ["e2e_env"]  # the fixture, registered in this module
 
 LIBRARIES_PER_PROCESS = 12
 POOL = [f"lib-{i:03d}" for i in range(200)]  # distinct libraries of the site

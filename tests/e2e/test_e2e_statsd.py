@@ -12,19 +12,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fixtures import (
-    e2e_env,
+from servers import StatsdDaemon
+
+from support.e2e import (
     expected_counts,
     installed_distributions,
     reporting_environ,
     run_processes,
     snippets,
 )
-from servers import StatsdDaemon
-
 from support.envs import Env
-
-__all__ = ["e2e_env"]  # the fixture, registered in this module
 
 PLAN = {
     "import yaml": 3,

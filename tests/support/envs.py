@@ -53,12 +53,17 @@ def base_environ(**extra: str) -> dict[str, str]:
 
 def enabled(sink: UdpSink, home: Path, **extra: str) -> dict[str, str]:
     """Environment variables of a process that reports to ``sink``."""
+    return reporting_to(sink.port, home, **extra)
+
+
+def reporting_to(port: int, home: Path, **extra: str) -> dict[str, str]:
+    """Environment variables of a process that reports to 127.0.0.1:port, HOME ``home``."""
     values = {
         "HOME": str(home),
         "XDG_CACHE_HOME": str(home / ".cache"),
         "PYTHON_POPCONTEST_ENABLE": "1",
         "PYTHON_POPCONTEST_STATSD_HOST": "127.0.0.1",
-        "PYTHON_POPCONTEST_STATSD_PORT": str(sink.port),
+        "PYTHON_POPCONTEST_STATSD_PORT": str(port),
     }
     values.update(extra)
     return base_environ(**values)

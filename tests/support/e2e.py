@@ -1,14 +1,11 @@
-"""What every end-to-end test module shares: one environment, and running many processes.
+"""What the end-to-end suites share: one measured environment, and running many processes.
 
-Imported by the test modules (there is no conftest here, so that ``from conftest
-import ...`` keeps meaning tests/conftest.py).  The environment is built once per
-run even though each module registers the fixture.
+``e2e_env`` is registered by tests/conftest.py (pytest_plugins) and built once per run.
 """
 
 from __future__ import annotations
 
 import re
-import shlex
 import subprocess
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -16,9 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from servers import DEPLOY
 
-from support.envs import Env, base_environ, make_env
+from support.envs import Env, base_environ, make_env, reporting_to
 
 # Pinned, so that what each import statement pulls in stays exactly as asserted below.
 # Dotted (ruamel.yaml, zope.interface), underscored (typing_extensions) and dashed
@@ -50,37 +46,28 @@ IMPORTS = {
     "pass": set(),
 }
 
-_cache: dict[str, Env] = {}
+# The namespace prefix of the shipped mapping (a JupyterHub namespace's processes).
+NAMESPACE = "jhub-prod"
+NS_PREFIX = f"python_popcon.namespace.{NAMESPACE}.library_used"
 
 
 @pytest.fixture(scope="session")
 def e2e_env(tmp_path_factory: pytest.TempPathFactory, wheel: Path) -> Env:
     """A venv with the built wheel and PACKAGES, indexed with `popcon-site index --system`."""
-    if "env" not in _cache:
-        env = make_env(tmp_path_factory.mktemp("e2e") / "venv")
-        env.install(str(wheel), *PACKAGES)
-        subprocess.run(
-            [str(env.root / "bin" / "popcon-site"), "index", "--system"],
-            check=True,
-            capture_output=True,
-            env=base_environ(),
-        )
-        _cache["env"] = env
-    return _cache["env"]
+    env = make_env(tmp_path_factory.mktemp("e2e") / "venv")
+    env.install(str(wheel), *PACKAGES)
+    subprocess.run(
+        [str(env.root / "bin" / "popcon-site"), "index", "--system"],
+        check=True,
+        capture_output=True,
+        env=base_environ(),
+    )
+    return env
 
 
 def reporting_environ(home: Path, port: int, **extra: str) -> dict[str, str]:
-    """A process of the measured environment, reporting to 127.0.0.1:port."""
-    values = {
-        "HOME": str(home),
-        "XDG_CACHE_HOME": str(home / ".cache"),
-        "PYTHON_POPCONTEST_ENABLE": "1",
-        "PYTHON_POPCONTEST_DEBUG": "1",
-        "PYTHON_POPCONTEST_STATSD_HOST": "127.0.0.1",
-        "PYTHON_POPCONTEST_STATSD_PORT": str(port),
-    }
-    values.update(extra)
-    return base_environ(**values)
+    """A process of the measured environment, reporting to 127.0.0.1:port (debug mode)."""
+    return reporting_to(port, home, PYTHON_POPCONTEST_DEBUG="1", **extra)
 
 
 def run_processes(env: Env, snippets: Iterable[str], environ: Mapping[str, str]) -> None:
@@ -122,16 +109,3 @@ def installed_distributions(env: Env) -> set[str]:
 
 def snippets(plan: Mapping[str, int]) -> list[str]:
     return [code for code, times in plan.items() for _ in range(times)]
-
-
-def default_args() -> list[str]:
-    """ARGS of the shipped /etc/default/prometheus, minus the listen address the test sets."""
-    text = (DEPLOY / "vm" / "prometheus.default").read_text()
-    (line,) = [line for line in text.splitlines() if line.startswith("ARGS=")]
-    # The unit runs `prometheus $ARGS`: systemd splits the value on whitespace.
-    (value,) = shlex.split(line[len("ARGS=") :])
-    args = value.split()
-    assert "--web.listen-address=127.0.0.1:9090" in args  # loopback only
-    args.remove("--web.listen-address=127.0.0.1:9090")
-    assert any(a.startswith("--storage.tsdb.retention.time=") for a in args), args
-    return args
