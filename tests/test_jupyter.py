@@ -16,7 +16,7 @@ import pytest
 
 from support.envs import Env, base_environ, enabled, make_env, uv
 from support.sinks import UdpSink
-from support.wire import PREFIX, REPORTS, libraries, per_process
+from support.wire import PREFIX, REPORTS, REPORTS_NAME, counters, libraries, per_process
 
 pytestmark = pytest.mark.slow
 
@@ -56,7 +56,7 @@ DRIVER = textwrap.dedent("""\
 @pytest.fixture(scope="module")
 def jupyter(tmp_path_factory: pytest.TempPathFactory, wheel: Path) -> Env:
     env = make_env(tmp_path_factory.mktemp("jupyter") / "venv")
-    env.install(str(wheel), "ipykernel", "jupyter_client", "pyyaml")
+    env.install(str(wheel), "ipykernel", "jupyter_client", "pyyaml", "arrow")
     return env
 
 
@@ -73,9 +73,16 @@ def private_dirs(tmp_path: Path, home: Path) -> dict[str, str]:
 
 
 def run_cell_in_kernel(
-    jupyter: Env, sink: UdpSink, home: Path, tmp_path: Path, code: str
+    jupyter: Env,
+    sink: UdpSink,
+    home: Path,
+    tmp_path: Path,
+    code: str,
+    ipython_dir: Path | None = None,
 ) -> dict[str, object]:
     dirs = private_dirs(tmp_path, home)
+    if ipython_dir is not None:
+        dirs["IPYTHONDIR"] = str(ipython_dir)
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
     kernel_env = enabled(sink, home, **dirs)
@@ -113,6 +120,63 @@ def test_kernel_cell_importing_nothing_sends_only_reports(
 ) -> None:
     run_cell_in_kernel(jupyter, sink, home, tmp_path, "x = 1 + 1")
     assert per_process(sink.drain()) == [set()]
+
+
+def counted_once(packets: list[bytes]) -> set[str]:
+    """The distributions one process sent, over any number of datagrams: each once."""
+    counts = counters(packets)
+    assert set(counts.values()) == {1} and REPORTS_NAME in counts, counts
+    return {name[len(PREFIX) :] for name in counts if name.startswith(PREFIX)}
+
+
+@pytest.mark.parametrize(
+    ("cell", "wanted"),
+    [
+        # psutil and packaging are ipykernel's requirements, loaded before any cell.
+        ("import psutil", {"psutil"}),
+        ("if True:\n    from packaging import version", {"packaging"}),
+        # jupyter_client loaded python-dateutil; arrow needs it: both count, as in a script.
+        ("import arrow", {"arrow", "python-dateutil"}),
+        ("from dateutil import parser", {"python-dateutil"}),
+        # IPython syntax around the import: parsed after IPython's own transform.
+        ("here = %pwd\nimport psutil", {"psutil"}),
+        # Named only in a string, or a relative import: nothing of the machinery counts.
+        ("s = 'import psutil'\ntry:\n    from .psutil import x\nexcept ImportError: pass", set()),
+    ],
+    ids=["psutil", "nested", "arrow", "dateutil", "magic", "not-an-import"],
+)
+def test_a_cell_importing_a_library_the_kernel_had_loaded_counts_it(
+    jupyter: Env, sink: UdpSink, home: Path, tmp_path: Path, cell: str, wanted: set[str]
+) -> None:
+    run_cell_in_kernel(jupyter, sink, home, tmp_path, cell)
+    assert counted_once(sink.drain()) == wanted
+
+
+@pytest.mark.parametrize("order", ["before", "after"])
+def test_the_users_startup_files_are_the_users_imports(
+    jupyter: Env,
+    sink: UdpSink,
+    home: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path: Path,
+    order: str,
+) -> None:
+    """~/.ipython/profile_default/startup/ runs before or after our startup file:
+    IPython runs every startup directory's files sorted by their full path."""
+    # "a..." sorts before the environment's directory (".../jupyter0/venv"), "z..." after.
+    ipython_dir = tmp_path_factory.mktemp("a-ipython" if order == "before" else "z-ipython")
+    startup = ipython_dir / "profile_default" / "startup"
+    startup.mkdir(parents=True)
+    marker = tmp_path / "ours-ran-first"
+    (startup / "00-user.py").write_text(
+        "import sys, arrow\n"
+        f"open({str(marker)!r}, 'w').write(str('popcon_site._ipython' in sys.modules))\n"
+    )
+    (startup / "01-user.ipy").write_text("here = %pwd\nfrom psutil import cpu_count\n")
+    run_cell_in_kernel(jupyter, sink, home, tmp_path, "x = 1", ipython_dir)
+    assert marker.read_text() == str(order == "after")
+    # Not ipython, ipykernel, pyzmq, tornado, traitlets, jupyter-client...
+    assert counted_once(sink.drain()) == {"arrow", "python-dateutil", "psutil"}
 
 
 def test_package_installed_from_a_running_kernel_counts(
