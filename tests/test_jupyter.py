@@ -79,6 +79,7 @@ def run_cell_in_kernel(
     tmp_path: Path,
     code: str,
     ipython_dir: Path | None = None,
+    debug: bool = False,
 ) -> dict[str, object]:
     dirs = private_dirs(tmp_path, home)
     if ipython_dir is not None:
@@ -86,6 +87,8 @@ def run_cell_in_kernel(
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
     kernel_env = enabled(sink, home, **dirs)
+    if debug:
+        kernel_env["PYTHON_POPCONTEST_DEBUG"] = "1"  # the kernel's stderr is the driver's
     proc = jupyter.run(
         str(driver),
         json.dumps(kernel_env),
@@ -102,7 +105,8 @@ def run_cell_in_kernel(
     assert result["returncode"] == 0, (result, proc.stderr)
     # The driver's own jupyter_client may complain at its shutdown (3.9); the kernel's
     # stderr is not ours to see here, but nothing may come from popcon-site.
-    assert "popcon" not in proc.stderr, proc.stderr
+    assert debug or "popcon" not in proc.stderr, proc.stderr
+    result["stderr"] = proc.stderr
     return result
 
 
@@ -177,6 +181,23 @@ def test_the_users_startup_files_are_the_users_imports(
     assert marker.read_text() == str(order == "after")
     # Not ipython, ipykernel, pyzmq, tornado, traitlets, jupyter-client...
     assert counted_once(sink.drain()) == {"arrow", "python-dateutil", "psutil"}
+
+
+def test_without_the_machinerys_metadata_what_was_loaded_first_is_the_machinery(
+    wheel: Path, sink: UdpSink, home: Path, tmp_path: Path
+) -> None:
+    """IPython's METADATA unreadable: the closure of its requirements is unknown, so
+    everything loaded when our startup file runs is the machinery, as before."""
+    env = make_env(tmp_path / "venv")
+    env.install(str(wheel), "ipykernel", "jupyter_client", "arrow")
+    (metadata,) = env.site_packages.glob("ipython-*.dist-info/METADATA")
+    metadata.rename(metadata.with_name("METADATA.hidden"))
+    result = run_cell_in_kernel(env, sink, home, tmp_path, "import arrow, psutil", debug=True)
+    # python-dateutil and psutil were loaded before: machinery, even when named.
+    assert counted_once(sink.drain()) == {"arrow"}
+    lines = [line for line in str(result["stderr"]).splitlines() if "popcon-site" in line]
+    assert lines[0] == "popcon-site: no metadata for IPython: its machinery is what it loaded"
+    assert lines[1:] == ["popcon-site: nothing new; at checkpoints: arrow + reports"], lines
 
 
 def test_package_installed_from_a_running_kernel_counts(

@@ -115,11 +115,13 @@ def declared_requirements(name: str) -> "list[str]":
 
     distribution = importlib.metadata.distribution(name)
     text = distribution.read_text("METADATA")
-    if text is None:
-        lines = distribution.requires or []  # an .egg-info: requires.txt
-    else:
+    if text is not None:
         head = text.partition("\n\n")[0].splitlines()
         lines = [line[14:] for line in head if line.startswith("Requires-Dist:")]
+    elif distribution.read_text("PKG-INFO") is not None:
+        lines = distribution.requires or []  # an .egg-info: requires.txt
+    else:
+        raise LookupError(f"no metadata for {name}")
     found = []
     for line in lines:
         spec, _, marker = line.partition(";")
@@ -134,8 +136,9 @@ def declared_requirements(name: str) -> "list[str]":
     return found
 
 
-def machinery_closure(roots: "Iterable[str]") -> "dict[str, list[str]]":
-    # Each installed distribution reachable from roots -> what it requires.
+def machinery_closure(roots: "list[str]") -> "dict[str, list[str]]":
+    # Each installed distribution reachable from roots -> what it requires; empty when
+    # a root's own metadata cannot be read.
     closure: dict[str, list[str]] = {}
     todo = list(roots)
     while todo:
@@ -145,6 +148,8 @@ def machinery_closure(roots: "Iterable[str]") -> "dict[str, list[str]]":
         try:
             closure[name] = declared_requirements(name)
         except Exception:
+            if name in roots:
+                return {}
             continue  # not installed here (a marker for another platform or Python)
         todo += closure[name]
     return closure
