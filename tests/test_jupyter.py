@@ -133,27 +133,47 @@ def counted_once(packets: list[bytes]) -> set[str]:
     return {name[len(PREFIX) :] for name in counts if name.startswith(PREFIX)}
 
 
+def counted_by_a_script(env: Env, sink: UdpSink, home: Path, tmp_path: Path, code: str) -> set[str]:
+    """What ``python -c code`` counts in that environment: what a kernel should count."""
+    proc = env.run("-c", code, env=enabled(sink, home), cwd=tmp_path)
+    assert (proc.returncode, proc.stderr) == (0, ""), proc.stderr
+    return counted_once(sink.drain())
+
+
 @pytest.mark.parametrize(
-    ("cell", "wanted"),
+    ("cell", "script", "wanted"),
     [
         # psutil and packaging are ipykernel's requirements, loaded before any cell.
-        ("import psutil", {"psutil"}),
-        ("if True:\n    from packaging import version", {"packaging"}),
-        # jupyter_client loaded python-dateutil; arrow needs it: both count, as in a script.
-        ("import arrow", {"arrow", "python-dateutil"}),
-        ("from dateutil import parser", {"python-dateutil"}),
+        ("import psutil", None, {"psutil"}),
+        ("if True:\n    from packaging import version", None, {"packaging"}),
+        # jupyter_client loaded python-dateutil; arrow needs it: both count, as in a
+        # script (and six, which python-dateutil 2 imports, on Python 3.9).
+        ("import arrow", None, {"arrow", "python-dateutil"}),
+        ("from dateutil import parser", None, {"python-dateutil"}),
         # IPython syntax around the import: parsed after IPython's own transform.
-        ("here = %pwd\nimport psutil", {"psutil"}),
+        ("here = %pwd\nimport psutil", "import psutil", {"psutil"}),
         # Named only in a string, or a relative import: nothing of the machinery counts.
-        ("s = 'import psutil'\ntry:\n    from .psutil import x\nexcept ImportError: pass", set()),
+        (
+            "s = 'import psutil'\ntry:\n    from .psutil import x\nexcept ImportError: pass",
+            None,
+            set(),
+        ),
     ],
     ids=["psutil", "nested", "arrow", "dateutil", "magic", "not-an-import"],
 )
 def test_a_cell_importing_a_library_the_kernel_had_loaded_counts_it(
-    jupyter: Env, sink: UdpSink, home: Path, tmp_path: Path, cell: str, wanted: set[str]
+    jupyter: Env,
+    sink: UdpSink,
+    home: Path,
+    tmp_path: Path,
+    cell: str,
+    script: str | None,
+    wanted: set[str],
 ) -> None:
     run_cell_in_kernel(jupyter, sink, home, tmp_path, cell)
-    assert counted_once(sink.drain()) == wanted
+    counted = counted_once(sink.drain())
+    assert wanted <= counted
+    assert counted == counted_by_a_script(jupyter, sink, home, tmp_path, script or cell)
 
 
 @pytest.mark.parametrize("order", ["before", "after"])
@@ -180,7 +200,11 @@ def test_the_users_startup_files_are_the_users_imports(
     run_cell_in_kernel(jupyter, sink, home, tmp_path, "x = 1", ipython_dir)
     assert marker.read_text() == str(order == "after")
     # Not ipython, ipykernel, pyzmq, tornado, traitlets, jupyter-client...
-    assert counted_once(sink.drain()) == {"arrow", "python-dateutil", "psutil"}
+    counted = counted_once(sink.drain())
+    assert {"arrow", "python-dateutil", "psutil"} <= counted
+    assert counted == counted_by_a_script(
+        jupyter, sink, home, tmp_path, "import arrow\nfrom psutil import cpu_count"
+    )
 
 
 def test_without_the_machinerys_metadata_what_was_loaded_first_is_the_machinery(
