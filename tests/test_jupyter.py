@@ -176,6 +176,22 @@ def test_a_cell_importing_a_library_the_kernel_had_loaded_counts_it(
     assert counted == counted_by_a_script(jupyter, sink, home, tmp_path, script or cell)
 
 
+def test_a_cell_naming_ipython_counts_it_and_the_loaded_libraries_it_declares(
+    jupyter: Env, sink: UdpSink, home: Path, tmp_path: Path
+) -> None:
+    """What a script loads for the import, and possibly more: a declared requirement the
+    kernel loaded for itself (psutil, typing-extensions for IPython 9) counts too."""
+    cell = "from IPython.display import display"
+    run_cell_in_kernel(jupyter, sink, home, tmp_path, cell)
+    counted = counted_once(sink.drain())
+    like_a_script = counted_by_a_script(jupyter, sink, home, tmp_path, cell)
+    assert {"ipython", "traitlets"} <= like_a_script <= counted
+    code = "from popcon_site._ipython import machinery_closure as c; print(*c(['ipython']))"
+    declared = set(jupyter.run("-c", code, env=base_environ()).stdout.split())
+    assert {"ipython", "traitlets", "jedi"} <= declared and "ipykernel" not in declared
+    assert counted <= like_a_script | declared
+
+
 @pytest.mark.parametrize("order", ["before", "after"])
 def test_the_users_startup_files_are_the_users_imports(
     jupyter: Env,
