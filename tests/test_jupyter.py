@@ -240,6 +240,35 @@ def test_without_the_machinerys_metadata_what_was_loaded_first_is_the_machinery(
     assert lines[1:] == ["popcon-site: nothing new; at checkpoints: arrow + reports"], lines
 
 
+def test_a_kernels_fork_child_counts_only_its_own_imports(
+    jupyter: Env,
+    sink: UdpSink,
+    home: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path: Path,
+) -> None:
+    """What the kernel's user code imported (startup file, cells) is the child's baseline."""
+    ipython_dir = tmp_path_factory.mktemp("a-ipython")  # the user's file runs before ours
+    startup = ipython_dir / "profile_default" / "startup"
+    startup.mkdir(parents=True)
+    (startup / "00-user.py").write_text("import arrow, psutil\n")
+    cell = textwrap.dedent("""\
+        import multiprocessing
+
+        def child():
+            import yaml
+
+        process = multiprocessing.get_context("fork").Process(target=child)
+        process.start()
+        process.join()
+        assert process.exitcode == 0
+        """)
+    run_cell_in_kernel(jupyter, sink, home, tmp_path, cell, ipython_dir)
+    # Two processes; each distribution once: the child's pyyaml, the kernel's others.
+    wanted = {REPORTS_NAME: 2} | {PREFIX + name: 1 for name in ["pyyaml", "arrow", "psutil"]}
+    assert counters(sink.drain()) == wanted | {PREFIX + "python-dateutil": 1}
+
+
 def test_package_installed_from_a_running_kernel_counts(
     wheel: Path, sink: UdpSink, home: Path, tmp_path: Path
 ) -> None:

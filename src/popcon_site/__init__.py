@@ -206,6 +206,8 @@ class Session:
 
     def restart_checkpoints(self) -> None:
         # A fork child is a process of its own: nothing sent yet, its own first delay.
+        # A kernel's child: what the kernel's user code imported is inherited, baseline.
+        self.kernel = None
         self.busy = _allocate_lock()
         self.checkpoint = None
         self.sent = set()
