@@ -16,7 +16,7 @@ import pytest
 
 from support.envs import Env, base_environ, enabled, make_env, uv
 from support.sinks import UdpSink
-from support.wire import PREFIX, REPORTS, libraries, per_process
+from support.wire import PREFIX, REPORTS, REPORTS_NAME, counters, libraries, per_process
 
 pytestmark = pytest.mark.slow
 
@@ -56,7 +56,7 @@ DRIVER = textwrap.dedent("""\
 @pytest.fixture(scope="module")
 def jupyter(tmp_path_factory: pytest.TempPathFactory, wheel: Path) -> Env:
     env = make_env(tmp_path_factory.mktemp("jupyter") / "venv")
-    env.install(str(wheel), "ipykernel", "jupyter_client", "pyyaml")
+    env.install(str(wheel), "ipykernel", "jupyter_client", "pyyaml", "arrow")
     return env
 
 
@@ -73,12 +73,22 @@ def private_dirs(tmp_path: Path, home: Path) -> dict[str, str]:
 
 
 def run_cell_in_kernel(
-    jupyter: Env, sink: UdpSink, home: Path, tmp_path: Path, code: str
+    jupyter: Env,
+    sink: UdpSink,
+    home: Path,
+    tmp_path: Path,
+    code: str,
+    ipython_dir: Path | None = None,
+    debug: bool = False,
 ) -> dict[str, object]:
     dirs = private_dirs(tmp_path, home)
+    if ipython_dir is not None:
+        dirs["IPYTHONDIR"] = str(ipython_dir)
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
     kernel_env = enabled(sink, home, **dirs)
+    if debug:
+        kernel_env["PYTHON_POPCONTEST_DEBUG"] = "1"  # the kernel's stderr is the driver's
     proc = jupyter.run(
         str(driver),
         json.dumps(kernel_env),
@@ -95,7 +105,8 @@ def run_cell_in_kernel(
     assert result["returncode"] == 0, (result, proc.stderr)
     # The driver's own jupyter_client may complain at its shutdown (3.9); the kernel's
     # stderr is not ours to see here, but nothing may come from popcon-site.
-    assert "popcon" not in proc.stderr, proc.stderr
+    assert debug or "popcon" not in proc.stderr, proc.stderr
+    result["stderr"] = proc.stderr
     return result
 
 
@@ -113,6 +124,152 @@ def test_kernel_cell_importing_nothing_sends_only_reports(
 ) -> None:
     run_cell_in_kernel(jupyter, sink, home, tmp_path, "x = 1 + 1")
     assert per_process(sink.drain()) == [set()]
+
+
+def counted_once(packets: list[bytes]) -> set[str]:
+    """The distributions one process sent, over any number of datagrams: each once."""
+    counts = counters(packets)
+    assert set(counts.values()) == {1} and REPORTS_NAME in counts, counts
+    return {name[len(PREFIX) :] for name in counts if name.startswith(PREFIX)}
+
+
+def counted_by_a_script(env: Env, sink: UdpSink, home: Path, tmp_path: Path, code: str) -> set[str]:
+    """What ``python -c code`` counts in that environment: what a kernel should count."""
+    proc = env.run("-c", code, env=enabled(sink, home), cwd=tmp_path)
+    assert (proc.returncode, proc.stderr) == (0, ""), proc.stderr
+    return counted_once(sink.drain())
+
+
+@pytest.mark.parametrize(
+    ("cell", "script", "wanted"),
+    [
+        # psutil and packaging are ipykernel's requirements, loaded before any cell.
+        ("import psutil", None, {"psutil"}),
+        ("if True:\n    from packaging import version", None, {"packaging"}),
+        # jupyter_client loaded python-dateutil; arrow needs it: both count, as in a
+        # script (and six, which python-dateutil 2 imports, on Python 3.9).
+        ("import arrow", None, {"arrow", "python-dateutil"}),
+        ("from dateutil import parser", None, {"python-dateutil"}),
+        # IPython syntax around the import: parsed after IPython's own transform.
+        ("here = %pwd\nimport psutil", "import psutil", {"psutil"}),
+        # Named only in a string, or a relative import: nothing of the machinery counts.
+        (
+            "s = 'import psutil'\ntry:\n    from .psutil import x\nexcept ImportError: pass",
+            None,
+            set(),
+        ),
+    ],
+    ids=["psutil", "nested", "arrow", "dateutil", "magic", "not-an-import"],
+)
+def test_a_cell_importing_a_library_the_kernel_had_loaded_counts_it(
+    jupyter: Env,
+    sink: UdpSink,
+    home: Path,
+    tmp_path: Path,
+    cell: str,
+    script: str | None,
+    wanted: set[str],
+) -> None:
+    run_cell_in_kernel(jupyter, sink, home, tmp_path, cell)
+    counted = counted_once(sink.drain())
+    assert wanted <= counted
+    assert counted == counted_by_a_script(jupyter, sink, home, tmp_path, script or cell)
+
+
+def test_a_cell_naming_ipython_counts_it_and_the_loaded_libraries_it_declares(
+    jupyter: Env, sink: UdpSink, home: Path, tmp_path: Path
+) -> None:
+    """What a script loads for the import, and possibly more: a declared requirement the
+    kernel loaded for itself (psutil, typing-extensions for IPython 9) counts too."""
+    cell = "from IPython.display import display"
+    run_cell_in_kernel(jupyter, sink, home, tmp_path, cell)
+    counted = counted_once(sink.drain())
+    like_a_script = counted_by_a_script(jupyter, sink, home, tmp_path, cell)
+    assert {"ipython", "traitlets"} <= like_a_script <= counted
+    code = "from popcon_site._ipython import machinery_closure as c; print(*c(['ipython']))"
+    declared = set(jupyter.run("-c", code, env=base_environ()).stdout.split())
+    assert {"ipython", "traitlets", "jedi"} <= declared and "ipykernel" not in declared
+    assert counted <= like_a_script | declared
+
+
+@pytest.mark.parametrize("order", ["before", "after"])
+def test_the_users_startup_files_are_the_users_imports(
+    jupyter: Env,
+    sink: UdpSink,
+    home: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path: Path,
+    order: str,
+) -> None:
+    """~/.ipython/profile_default/startup/ runs before or after our startup file:
+    IPython runs every startup directory's files sorted by their full path."""
+    # "a..." sorts before the environment's directory (".../jupyter0/venv"), "z..." after.
+    ipython_dir = tmp_path_factory.mktemp("a-ipython" if order == "before" else "z-ipython")
+    startup = ipython_dir / "profile_default" / "startup"
+    startup.mkdir(parents=True)
+    marker = tmp_path / "ours-ran-first"
+    (startup / "00-user.py").write_text(
+        "import sys, arrow\n"
+        f"open({str(marker)!r}, 'w').write(str('popcon_site._ipython' in sys.modules))\n"
+    )
+    (startup / "01-user.ipy").write_text("here = %pwd\nfrom psutil import cpu_count\n")
+    run_cell_in_kernel(jupyter, sink, home, tmp_path, "x = 1", ipython_dir)
+    assert marker.read_text() == str(order == "after")
+    # Not ipython, ipykernel, pyzmq, tornado, traitlets, jupyter-client...
+    counted = counted_once(sink.drain())
+    assert {"arrow", "python-dateutil", "psutil"} <= counted
+    assert counted == counted_by_a_script(
+        jupyter, sink, home, tmp_path, "import arrow\nfrom psutil import cpu_count"
+    )
+
+
+def test_without_the_machinerys_metadata_what_was_loaded_first_is_the_machinery(
+    wheel: Path, sink: UdpSink, home: Path, tmp_path: Path
+) -> None:
+    """IPython's METADATA unreadable: the closure of its requirements is unknown, so
+    everything loaded when our startup file runs is the machinery, as before."""
+    env = make_env(tmp_path / "venv")
+    env.install(str(wheel), "ipykernel", "jupyter_client", "arrow")
+    (metadata,) = env.site_packages.glob("ipython-*.dist-info/METADATA")
+    metadata.rename(metadata.with_name("METADATA.hidden"))
+    result = run_cell_in_kernel(env, sink, home, tmp_path, "import arrow, psutil", debug=True)
+    # python-dateutil and psutil were loaded before: machinery, even when named.
+    assert counted_once(sink.drain()) == {"arrow"}
+    lines = [line for line in str(result["stderr"]).splitlines() if "popcon-site" in line]
+    assert lines[0] == "popcon-site: no metadata for IPython: its machinery is what it loaded"
+    assert lines[1:] == ["popcon-site: nothing new; at checkpoints: arrow + reports"], lines
+
+
+def test_a_kernels_fork_child_counts_only_its_own_imports(
+    jupyter: Env,
+    sink: UdpSink,
+    home: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path: Path,
+) -> None:
+    """What the kernel's user code imported (startup file, cells) is the child's baseline."""
+    ipython_dir = tmp_path_factory.mktemp("a-ipython")  # the user's file runs before ours
+    startup = ipython_dir / "profile_default" / "startup"
+    startup.mkdir(parents=True)
+    (startup / "00-user.py").write_text("import arrow, psutil\n")
+    cell = textwrap.dedent("""\
+        import multiprocessing
+
+        def child():
+            import yaml
+
+        process = multiprocessing.get_context("fork").Process(target=child)
+        process.start()
+        process.join()
+        assert process.exitcode == 0
+        """)
+    run_cell_in_kernel(jupyter, sink, home, tmp_path, cell, ipython_dir)
+    counts = counters(sink.drain())
+    # Two processes; each distribution once: the child's pyyaml, the kernel's others.
+    kernel = counted_by_a_script(jupyter, sink, home, tmp_path, "import arrow, psutil")
+    assert {"arrow", "python-dateutil", "psutil"} <= kernel
+    wanted = {REPORTS_NAME: 2} | {PREFIX + name: 1 for name in kernel | {"pyyaml"}}
+    assert counts == wanted
 
 
 def test_package_installed_from_a_running_kernel_counts(

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from types import FrameType, ModuleType
     from typing import Any
 
+    from popcon_site._ipython import Kernel
+
 # -- the configuration vocabulary --------------------------------------------------
 # popcon_site.pth spells ENV_ENABLE and TRUE_WORDS out once more: it runs before any
 # import, in every process, enabled or not.
@@ -166,6 +168,7 @@ class Session:
         "due",
         "finished",
         "host_modules",
+        "kernel",
         "pid",
         "reports_sent",
         "resolution",
@@ -177,6 +180,7 @@ class Session:
     def __init__(self) -> None:
         self.baseline: frozenset[str] = frozenset(sys.modules)
         self.host_modules: frozenset[str] = frozenset()  # an IPython kernel's own
+        self.kernel: Kernel | None = None  # its machinery and the user's code, told apart
         self.starting = "site" in sys.modules and _called_from_site()
         self.watcher = ImportWatcher(self) if self.starting else _SteadyWatcher(self)
         self.pid = os.getpid()
@@ -202,6 +206,8 @@ class Session:
 
     def restart_checkpoints(self) -> None:
         # A fork child is a process of its own: nothing sent yet, its own first delay.
+        # A kernel's child: what the kernel's user code imported is inherited, baseline.
+        self.kernel = None
         self.busy = _allocate_lock()
         self.checkpoint = None
         self.sent = set()

@@ -24,6 +24,7 @@ import popcon_site
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Iterable
     from types import FrameType
 
     from popcon_site import Session, _attribution, _report
@@ -84,7 +85,7 @@ class State:
         self.config: Config | None = None
         self.off = False  # the configuration allows no report from here
         self.attributor: _Attributor | None = None
-        self.host: frozenset[str] | None = None  # a kernel's own distributions
+        self.host: frozenset[str] | None = None  # a kernel's own distributions, or see checkpoint()
 
 
 def run(session: "Session", trigger: str) -> None:
@@ -140,15 +141,26 @@ def checkpoint(state: State, session: "Session", safe: bool) -> str:
     attributor.reset_editable_roots()  # an index cold last time may have some now
     attributor.may_build = safe
     host = state.host
+    kernel = session.kernel
     if host is None and session.host_modules:
-        host = frozenset(attributor.owners(_report.module_files(session.host_modules)))
+        # With a Kernel: the owners of what the kernel loaded before our startup file.
+        modules = session.host_modules if kernel is None else kernel.startup
+        host = frozenset(attributor.owners(_report.module_files(modules)))
         if attributor.cold:
             return LATER
         state.host = host
 
     owners, checked, complete = attribute(names - state.checked, attributor)
     used = {owner for owner in owners if owner not in session.sent}
-    used -= host or frozenset()
+    if kernel is not None:
+
+        def owners_of(found: "Iterable[str]") -> "set[str]":
+            return attributor.owners(_report.module_files(found))
+
+        used = kernel.counted(owners | (host or set()), session.sent, owners_of, safe)
+        used -= session.sent
+    else:
+        used -= host or frozenset()
     if config.include or config.exclude:
         used = {name for name in used if config.allows(name)}
     with_reports = not session.reports_sent and _report.in_main_interpreter()

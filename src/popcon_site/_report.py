@@ -442,7 +442,7 @@ def attribute_and_send(session: "Session", names: "set[str]") -> str:
         job_rank = rank(os.environ)
         if job_rank:
             return f"not reporting: rank {job_rank} of a job ({ENV_RANK0_ONLY}: rank 0 reports)"
-    used = used_distributions(module_files(names, session.watcher.seen), session.host_modules)
+    used = used_distributions(module_files(names, session.watcher.seen), session)
     if config.include or config.exclude:
         used = {name for name in used if config.allows(name)}
     used -= session.sent  # sent by a checkpoint (popcon_site._checkpoint) already
@@ -494,17 +494,22 @@ def _sent_earlier(session: "Session") -> str:
     return f"; at checkpoints: {names}" + (" + reports" if session.reports_sent else "")
 
 
-def used_distributions(files: "set[str]", host_modules: "frozenset[str]") -> "set[str]":
-    # The distributions owning these files, less an IPython kernel's own (host_modules).
-    if not files:
+def used_distributions(files: "set[str]", session: "Session") -> "set[str]":
+    # The distributions owning these files, less an IPython kernel's own machinery.
+    kernel = session.kernel
+    if not files and kernel is None:
         return set()  # only the standard library: the attribution code never loads
     from popcon_site._attribution import Attributor
 
     attributor = Attributor.for_this_process()
     used = attributor.owners(files)
-    if host_modules:
-        used -= attributor.owners(module_files(host_modules))
-    return used
+    if kernel is None:
+        return used - attributor.owners(module_files(session.host_modules))
+
+    def owners_of(found: "Iterable[str]") -> "set[str]":
+        return attributor.owners(module_files(found))
+
+    return kernel.counted(used | owners_of(kernel.startup), session.sent, owners_of)
 
 
 def _format_address(address: "Address") -> str:
