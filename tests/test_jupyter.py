@@ -9,6 +9,7 @@ off; only the kernel gets the ``PYTHON_POPCONTEST_*`` variables.
 from __future__ import annotations
 
 import json
+import sys
 import textwrap
 from pathlib import Path
 
@@ -39,6 +40,16 @@ DRIVER = textwrap.dedent("""\
             reply = kc.get_shell_msg(timeout=60)
             if reply["parent_header"].get("msg_id") == msg_id:
                 break
+        # What the cell printed (stdout, stderr, warnings) reaches the client on iopub.
+        output = []
+        while True:
+            message = kc.get_iopub_msg(timeout=60)
+            if message["parent_header"].get("msg_id") != msg_id:
+                continue
+            if message["msg_type"] == "stream":
+                output.append(message["content"]["text"])
+            if message["msg_type"] == "status" and message["content"]["execution_state"] == "idle":
+                break
     finally:
         kc.stop_channels()
     km.shutdown_wait_time = 60.0  # graceful exit even on a loaded machine (default 5 s)
@@ -49,6 +60,7 @@ DRIVER = textwrap.dedent("""\
         "error": reply["content"].get("evalue"),
         "kernel": process.args,
         "returncode": process.returncode,
+        "output": "".join(output),
     }))
     """)
 
@@ -124,6 +136,21 @@ def test_kernel_cell_importing_nothing_sends_only_reports(
 ) -> None:
     run_cell_in_kernel(jupyter, sink, home, tmp_path, "x = 1 + 1")
     assert per_process(sink.drain()) == [set()]
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="an invalid escape warns from 3.12 on")
+def test_a_cell_is_parsed_without_a_second_syntax_warning(
+    jupyter: Env, sink: UdpSink, home: Path, tmp_path: Path
+) -> None:
+    """The cell's imports are read from its source: that parse must not show the
+    SyntaxWarning IPython's own compile of the cell already showed."""
+    cell = 'import psutil\npattern = "\\d"\nprint("ran")'
+    result = run_cell_in_kernel(jupyter, sink, home, tmp_path, cell)
+    output = str(result["output"])
+    assert "ran" in output, result
+    # IPython's own warnings name the cell ("<>", its file); ast.parse's say "<unknown>".
+    assert "SyntaxWarning" in output and "<unknown>" not in output, output
+    assert counted_once(sink.drain()) == {"psutil"}
 
 
 def counted_once(packets: list[bytes]) -> set[str]:

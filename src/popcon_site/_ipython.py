@@ -79,14 +79,19 @@ class Kernel:
         # The top-level modules imported by absolute imports in this code; a cell or
         # a .ipy file may be IPython syntax (%magic, !shell), turned into Python first.
         import ast
+        import warnings
 
-        try:
-            tree = ast.parse(source)
-        except SyntaxError:
-            transform = getattr(self.shell, "transform_cell", None)
-            if not ipython_syntax or transform is None:
-                return
-            tree = ast.parse(transform(source))
+        # IPython compiles the cell itself and shows its warnings; a second parse here
+        # would print each SyntaxWarning (an invalid escape, 3.12+) once more.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                tree = ast.parse(source)
+            except SyntaxError:
+                transform = getattr(self.shell, "transform_cell", None)
+                if not ipython_syntax or transform is None:
+                    return
+                tree = ast.parse(transform(source))
         imported_names(tree.body, self.named)
 
 
