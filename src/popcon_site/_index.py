@@ -285,6 +285,7 @@ def write_atomically(
             pass
         return False
 
+
 def remove_system_indexes(directory: str) -> "list[str]":
     # Delete the index files in ``directory`` and the folders index --system created
     # there, when empty; returns what was removed.  Raises OSError on a refusal.

@@ -11,10 +11,9 @@
 # host is a name; it imports only what is loaded already, bar ``select`` when a
 # child is started.
 
+import _socket
 import os
 import sys
-
-import _socket
 
 import popcon_site
 
@@ -34,6 +33,7 @@ FAILED_FOR = 60.0
 # The child gives up (SIGALRM) after this long; a lookup marker older than it is dead.
 CHILD_LIMIT = 10
 MAX_ENTRY_BYTES = 1024  # a real entry is < 100 bytes
+ANOTHER_LOOKUP = "a lookup started by another process"
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-.")
 # The child's whole program: the package's own directory goes first on its path.
 CHILD_CODE = (
@@ -90,7 +90,7 @@ def entry_name(host: str) -> str:
     name = host.lower()
     if 0 < len(name) <= 253 and set(name) <= _NAME_CHARS and name[0] not in ".-":
         return name
-    return "h-" + _index().file_name(host)[:-4]
+    return "h-" + str(_index().file_name(host))[:-4]
 
 
 def to_text(host: str, entry: Entry) -> str:
@@ -163,9 +163,8 @@ def _index() -> "ModuleType":
 
 def child_main(argv: "list[str]") -> None:
     # In the child: look up, answer on fd 3, keep the answer, drop the lookup marker.
+    import _signal  # type: ignore[import-not-found]  # no stubs; signal would import enum
     import time
-
-    import _signal
 
     _signal.signal(_signal.SIGALRM, _signal.SIG_DFL)  # the program may ignore it
     _signal.alarm(CHILD_LIMIT)  # a resolver that never answers: the child dies
@@ -185,7 +184,8 @@ def child_main(argv: "list[str]") -> None:
 
 
 def _marker(cache_dir: str, host: str) -> str:
-    return os.path.join(resolved_dir(cache_dir), entry_name(host) + ".lookup")
+    # A leading dot: never the name of an entry (entry_name).
+    return os.path.join(resolved_dir(cache_dir), ".lookup-" + entry_name(host))
 
 
 def _claim_lookup(cache_dir: "str | None", host: str, now: float) -> bool:
@@ -221,9 +221,8 @@ class Lookup:
 
     def wait(self, timeout: float) -> "tuple[bool, Address | None]":
         # (answered, address) within ``timeout`` seconds; the pipe is closed either way.
-        import time
-
         import select  # ~0.3 ms, only in a process that starts a lookup
+        import time
 
         deadline = time.monotonic() + timeout
         answer = b""
@@ -240,16 +239,8 @@ class Lookup:
             return False, None
         finally:
             os.close(self.reader)
-        self.reap()
         well_formed, address = parse_address(answer.decode("ascii", "replace").strip())
         return well_formed, address
-
-    def reap(self) -> None:
-        # It answered and is exiting: collected if done already, else init collects it.
-        try:
-            os.waitpid(self.pid, os.WNOHANG)
-        except OSError:  # the program reaped it (its own wait()), or ignores SIGCHLD
-            pass
 
 
 def start_lookup(host: str, cache_dir: "str | None", now: float) -> "Lookup | str":
@@ -260,7 +251,7 @@ def start_lookup(host: str, cache_dir: "str | None", now: float) -> "Lookup | st
     if not hasattr(os, "posix_spawn"):
         return "no posix_spawn here"
     if not _claim_lookup(cache_dir, host, now):
-        return "a lookup started by another process has not answered yet"
+        return ANOTHER_LOOKUP
     package = os.path.dirname(os.path.dirname(os.path.abspath(popcon_site.__file__)))
     argv = [executable, "-I", "-S", "-c", CHILD_CODE, package, host, cache_dir or ""]
     reader, writer = os.pipe()  # both close-on-exec: the child gets a dup as fd 3
@@ -325,15 +316,55 @@ def address_for(host: str, may_start: bool, timeout: float) -> "tuple[Address | 
         return entry.address, "" if entry.address else "does not resolve (cached)"
     if not may_start:
         return None, "no cached address yet"
-    if entry is not None and entry.address is not None:
-        started = start_lookup(host, cache_dir, now)
-        if isinstance(started, Lookup):
-            os.close(started.reader)  # the child still fills the cache
-        return entry.address, ""
+    reap_children()
     started = start_lookup(host, cache_dir, now)
+    if entry is not None and entry.address is not None:
+        if isinstance(started, Lookup):
+            # Not waited for: the child's answer meets a closed pipe (EPIPE, ignored
+            # by Python) and still goes to the cache.
+            os.close(started.reader)
+            _children.append(started.pid)
+        return entry.address, ""
+    if started == ANOTHER_LOOKUP and cache_dir is not None:
+        entry = wait_for_entry(cache_dir, host, timeout)
+        if entry is None:
+            return None, f"{ANOTHER_LOOKUP} did not answer within {timeout:g} s"
+        return entry.address, "" if entry.address else "does not resolve"
     if isinstance(started, str):
         return None, started
     answered, address = started.wait(timeout)
+    _children.append(started.pid)
     if not answered:
         return None, f"the lookup did not answer within {timeout:g} s"
     return address, "" if address else "does not resolve"
+
+
+def wait_for_entry(cache_dir: str, host: str, timeout: float) -> "Entry | None":
+    # A fresh entry written by another process's lookup child within ``timeout``:
+    # processes started together all wait for the one lookup, at most the budget.
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        entry = read_entry(cache_dir, host)[0]  # ~20 us
+        if entry is not None and entry.fresh(time.time()):
+            return entry
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return None
+        time.sleep(min(0.005, remaining))
+
+
+# Lookup children that answered (or were not waited for) and may not have exited yet:
+# a kernel, which starts lookups after cells, must not collect zombies.
+_children: "list[int]" = []
+
+
+def reap_children() -> None:
+    for pid in list(_children):
+        try:
+            done = os.waitpid(pid, os.WNOHANG)[0] == pid
+        except OSError:  # the program reaped it (its own wait()), or ignores SIGCHLD
+            done = True
+        if done:
+            _children.remove(pid)
