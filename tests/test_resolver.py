@@ -21,8 +21,9 @@ from support.sinks import UdpSink
 from support.wire import libraries
 
 HOST = socket.gethostname()
+# The fork comes first: a lookup thread started at activation would still be alive then.
 FORK_AT_ONCE = (
-    "import os, six\npid = os.fork()\nif pid == 0:\n    os._exit(0)\nos.waitpid(pid, 0)\n"
+    "import os\npid = os.fork()\nif pid == 0:\n    os._exit(0)\nos.waitpid(pid, 0)\nimport six\n"
 )
 
 
