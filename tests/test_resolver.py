@@ -205,3 +205,59 @@ def test_status_shows_the_cached_resolution(env: Env, sink: UdpSink, home: Path)
     assert stale in status()
     entry_file(home).write_text("garbage\n")
     assert "cached: refused: malformed: ignored, the next process to report looks" in status()
+
+
+# Keeps allocating containers, so that collections trigger checkpoints.
+LOOP = (
+    "import os, signal, sys, time\n"
+    "children = []\n"
+    "signal.signal(signal.SIGCHLD, lambda *args: children.append(1))\n"
+    "def work(seconds):\n"
+    "    keep, end = [], time.monotonic() + seconds\n"
+    "    while time.monotonic() < end:\n"
+    "        keep.append([len(keep)])\n"
+    "import six\n"
+    "work(2.5)\n"
+)
+
+
+def test_checkpoints_in_the_programs_work_start_no_lookup(
+    env: Env, sink: UdpSink, home: Path
+) -> None:
+    """No cached answer: checkpoints after imports and collections wait for the exit
+    report; no child was started under the program (no SIGCHLD, nothing to wait for)."""
+    code = LOOP + (
+        "try:\n"
+        "    os.waitpid(-1, os.WNOHANG)\n"
+        "    print('a child exists')\n"
+        "except ChildProcessError:\n"
+        "    pass\n"
+        f"print(len(children), os.path.exists({str(entry_file(home))!r}))\n"
+    )
+    variables = enabled(
+        sink, home, PYTHON_POPCONTEST_STATSD_HOST=HOST, PYTHON_POPCONTEST_CHECKPOINT="0.5"
+    )
+    env.run("-c", "import six", env=dict(variables, PYTHON_POPCONTEST_CACHE_DIR="relative"))
+    sink.drain()  # the index is warm; no answer is cached (that run had no usable cache)
+    proc = env.run("-c", code, env=variables)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "0 False\n", "")
+    assert [sorted(p.decode().split("\n")) for p in sink.drain()] == [
+        ["python_popcon.library_used.six:1|c", "python_popcon.reports:1|c"]
+    ], "one datagram: the exit report's"
+
+
+def test_checkpoints_use_a_cached_answer(env: Env, sink: UdpSink, home: Path) -> None:
+    variables = enabled(
+        sink, home, PYTHON_POPCONTEST_STATSD_HOST=HOST, PYTHON_POPCONTEST_CHECKPOINT="0.5"
+    )
+    env.run("-c", "import six", env=variables)  # warm index, cached answer
+    assert wait_for(entry_file(home).exists)
+    sink.drain()
+    proc = subprocess.Popen([str(env.python), "-c", LOOP + "work(600)\n"], env=variables)
+    try:
+        time.sleep(2.0)
+        proc.kill()
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    assert libraries(sink.lines()) == {"six"}, "sent by a checkpoint, before the kill"
