@@ -8,8 +8,8 @@
 # ``<user cache>/resolved/<host>``, which the next processes read instead.
 #
 # Loaded at exit (or at a checkpoint, straight from its file) only when the statsd
-# host is a name; it imports only what is loaded already, bar ``select`` when a
-# child is started.
+# host is a name.  It imports only ``_socket``, which sending needs anyway, and
+# ``select`` in a process that waits for a child.
 
 import _socket
 import os
@@ -35,7 +35,7 @@ CHILD_LIMIT = 10
 MAX_ENTRY_BYTES = 1024  # a real entry is < 100 bytes
 ANOTHER_LOOKUP = "a lookup started by another process"
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-.")
-# The child's whole program: the package's own directory goes first on its path.
+# The child's whole program: the package's directory comes after the standard library's.
 CHILD_CODE = (
     "import sys; sys.path.append(sys.argv[1]); "
     "from popcon_site._resolve import child_main; child_main(sys.argv[2:])"
@@ -132,7 +132,8 @@ def read_entry(cache_dir: str, host: str) -> "tuple[Entry | None, str]":
     if data is None:
         return None, why if os.path.lexists(path) else "none yet"
     lines = data.decode("ascii", "replace").split("\n")
-    if len(lines) != 5 or lines[0] != FORMAT or lines[1] != host or lines[4] != "":
+    # Names are case-insensitive: "VM" and "vm" share one entry (entry_name).
+    if len(lines) != 5 or lines[0] != FORMAT or lines[1].lower() != host.lower() or lines[4]:
         return None, "refused: malformed"
     try:
         resolved_at = float(lines[2])
@@ -177,10 +178,7 @@ def child_main(argv: "list[str]") -> None:
         pass  # the parent is gone: the cache is for the next process
     if cache_dir:
         save_entry(cache_dir, host, Entry(address, time.time()))
-        try:
-            os.unlink(_marker(cache_dir, host))
-        except OSError:
-            pass
+        _release_lookup(cache_dir, host)
 
 
 def _marker(cache_dir: str, host: str) -> str:
@@ -209,6 +207,14 @@ def _claim_lookup(cache_dir: "str | None", host: str, now: float) -> bool:
         except OSError:
             return True
     return False
+
+
+def _release_lookup(cache_dir: "str | None", host: str) -> None:
+    if cache_dir:
+        try:
+            os.unlink(_marker(cache_dir, host))
+        except OSError:
+            pass
 
 
 class Lookup:
@@ -254,7 +260,11 @@ def start_lookup(host: str, cache_dir: "str | None", now: float) -> "Lookup | st
         return ANOTHER_LOOKUP
     package = os.path.dirname(os.path.dirname(os.path.abspath(popcon_site.__file__)))
     argv = [executable, "-I", "-S", "-c", CHILD_CODE, package, host, cache_dir or ""]
-    reader, writer = os.pipe()  # both close-on-exec: the child gets a dup as fd 3
+    try:
+        reader, writer = os.pipe()  # both close-on-exec: the child gets a dup as fd 3
+    except OSError as exc:
+        _release_lookup(cache_dir, host)
+        return f"cannot start a lookup: {exc}"
     try:
         actions = _file_actions(writer)
         # setsid: the terminal's Ctrl-C and hang-up are the program's; no signal blocked.
@@ -263,6 +273,7 @@ def start_lookup(host: str, cache_dir: "str | None", now: float) -> "Lookup | st
         )
     except Exception as exc:
         os.close(reader)
+        _release_lookup(cache_dir, host)
         return f"cannot start a lookup: {exc}"
     finally:
         os.close(writer)
