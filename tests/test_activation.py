@@ -274,7 +274,7 @@ def test_ipv6_literal(env: Env, home: Path) -> None:
 
 def test_host_name_goes_through_the_resolver(env: Env, sink: UdpSink, home: Path) -> None:
     # "LOCALHOST" is not the literal "localhost" shortcut, so it takes the real
-    # getaddrinfo path in the resolver thread (/etc/hosts matches names case-insensitively).
+    # getaddrinfo path in the lookup child (/etc/hosts matches names case-insensitively).
     variables = enabled(sink, home, PYTHON_POPCONTEST_STATSD_HOST="LOCALHOST")
     proc = env.run("-c", "import six", env=variables)
     assert (proc.returncode, proc.stderr) == (0, "")

@@ -85,12 +85,11 @@ def find_cycle(graph: dict[str, set[str]], allowed: set[tuple[str, str]]) -> lis
     return None
 
 
-# The start-up half loads its exit half lazily (and _fork, _resolve); every other module
+# The start-up half loads its exit half lazily (and _fork); every other module
 # may import the package root for the shared vocabulary.  Those are the only upward edges.
 LAZY_FROM_ROOT = {
     ("popcon_site", "popcon_site._report"),
     ("popcon_site", "popcon_site._fork"),
-    ("popcon_site", "popcon_site._resolve"),
 }
 
 

@@ -171,7 +171,6 @@ class Session:
         "kernel",
         "pid",
         "reports_sent",
-        "resolution",
         "sent",
         "starting",
         "watcher",
@@ -185,7 +184,6 @@ class Session:
         self.watcher = ImportWatcher(self) if self.starting else _SteadyWatcher(self)
         self.pid = os.getpid()
         self.finished = False  # nothing more is sent: reported, or told to stop
-        self.resolution: object = None  # a _resolve.Resolution when the host is a name
         # Checkpoints: when the next is due, what this process sent so far (the exit
         # report sends the rest), and the claim that lets only one run at a time.
         self.delay = _checkpoint_delay()
@@ -337,12 +335,6 @@ def activate() -> bool:
     try:
         session = Session()
         _session = session
-        host = split_host_port(os.environ.get(ENV_HOST, DEFAULT_HOST))[0]
-        if host and not is_literal_host(host):
-            # Look the name up now, in the background: exit must never wait on DNS.
-            from popcon_site import _resolve
-
-            session.resolution = _resolve.Resolution(host)
         sys.meta_path.insert(0, session.watcher)
         if not session.starting:
             _watch_collections(session)  # activated by hand: no start-up to wait for
@@ -422,12 +414,12 @@ def _after_fork_in_child() -> None:
         session.pid = os.getpid()
         session.restart_checkpoints()
         # Most forks need nothing more; importing the exit module would cost each one.
-        if session.resolution is None and "multiprocessing.util" not in sys.modules:
+        if "multiprocessing.util" not in sys.modules:
             return
         try:
             from popcon_site import _fork
 
-            _fork.after_fork_in_child(session, _at_exit)
+            _fork.after_fork_in_child(_at_exit)
         except BaseException:
             pass
 

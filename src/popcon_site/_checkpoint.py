@@ -40,7 +40,7 @@ else:  # loaded as this module was, without the import system
 # checkpoint that finds nothing new costs ~0.1 ms, and a counter late by 5 minutes
 # still falls in the same increase()/rate() window of a dashboard.
 CAP = 300.0
-RETRY = 1.0  # when a checkpoint could not finish here (a lock, a cold index, DNS)
+RETRY = 1.0  # when a checkpoint could not finish here (a lock, a cold index, no address)
 
 DONE, LATER, OFF = "done", "later", "off"
 
@@ -253,12 +253,13 @@ def _address(session: "Session", config: "Config", safe: bool) -> "Address | Non
     if not (safe or "_socket" in sys.modules or _may_import_now("_socket")):
         return None
     address: Address | None = _report.literal_address(config.host, config.port)
-    resolution = session.resolution
-    if address is None and resolution is not None:
-        found = resolution.wait(0)  # type: ignore[attr-defined]
+    if address is None and not popcon_site.is_literal_host(config.host):
+        # After an import or a collection only the cache is read: a lookup child's exit
+        # would send the program a SIGCHLD, and its own os.wait() could reap the child.
+        resolve = popcon_site._sibling("_resolve")
+        found = resolve.address_for(config.host, safe, _report.NETWORK_BUDGET)[0]
         if found is not None:
-            family, sockaddr = found
-            address = (family, (sockaddr[0], config.port, *sockaddr[2:]))
+            address = resolve.with_port(found, config.port)
     return address
 
 

@@ -1,7 +1,6 @@
 # What a forked child needs beyond the start-up module's own after-fork hook.
 #
-# Imported only by children that have a DNS lookup to restart or that were
-# forked by multiprocessing; plain forks never load it.
+# Imported only by children forked by multiprocessing; plain forks never load it.
 
 import sys
 
@@ -9,14 +8,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from popcon_site import Session
 
-
-def after_fork_in_child(session: "Session", report_hook: "Callable[[], None]") -> None:
-    # A lookup still running in the parent is gone; multiprocessing children need a hook.
-    resolution = session.resolution
-    if resolution is not None:
-        session.resolution = resolution.for_child()  # type: ignore[attr-defined]
+def after_fork_in_child(report_hook: "Callable[[], None]") -> None:
     # multiprocessing's fork and forkserver children end with os._exit(), which
     # skips atexit; they do run multiprocessing's own exit finalizers.
     mp_util = sys.modules.get("multiprocessing.util")

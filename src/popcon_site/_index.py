@@ -166,9 +166,26 @@ def read(
     #
     # A user cache file must belong to this user; a shared (system) one to root,
     # this user or the owner of the directory it sits in.  Symlinks are refused.
-    path = os.path.join(directory, file_name(site_dir))
+    trusted = {os.geteuid()}
+    if shared:
+        try:
+            trusted.update((0, os.stat(directory).st_uid))
+        except (OSError, ValueError) as exc:
+            return None, f"unreadable: {getattr(exc, 'strerror', None) or exc}"
+    data, why = read_trusted(os.path.join(directory, file_name(site_dir)), trusted, MAX_INDEX_BYTES)
+    if data is None:
+        return None, why
+    text = data.decode("utf-8", "surrogateescape")
     try:
-        # O_NONBLOCK: opening a FIFO planted at this path must not wait for a writer.
+        return _parse(text, site_dir, stamp)
+    except (ValueError, MemoryError):
+        return None, "malformed"
+
+
+def read_trusted(path: str, trusted: "set[int]", limit: int) -> "tuple[bytes | None, str]":
+    # (contents, "") of a regular file owned by a trusted uid, at most ``limit`` bytes;
+    # else (None, why not).  Symlinks are refused, a FIFO planted there is not waited on.
+    try:
         flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0)
         fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0))
     except (OSError, ValueError) as exc:
@@ -177,16 +194,12 @@ def read(
         return None, f"unreadable: {getattr(exc, 'strerror', None) or exc}"
     try:
         info = os.fstat(fd)
-        trusted = {os.geteuid()}
-        if shared:
-            trusted.add(0)
-            trusted.add(os.stat(directory).st_uid)
         if not stat.S_ISREG(info.st_mode):
             return None, "refused: not a regular file"
         if info.st_uid not in trusted:
             return None, f"refused: owned by uid {info.st_uid}, whom this user does not trust"
-        if info.st_size > MAX_INDEX_BYTES:
-            return None, f"refused: larger than {MAX_INDEX_BYTES // 1024 // 1024} MiB"
+        if info.st_size > limit:
+            return None, f"refused: larger than {_size_text(limit)}"
         chunks = []
         remaining = info.st_size + 1
         while remaining > 0:
@@ -195,15 +208,15 @@ def read(
                 break
             chunks.append(chunk)
             remaining -= len(chunk)
-        text = b"".join(chunks).decode("utf-8", "surrogateescape")
+        return b"".join(chunks), ""
     except (OSError, ValueError) as exc:
         return None, f"unreadable: {getattr(exc, 'strerror', None) or exc}"
     finally:
         os.close(fd)
-    try:
-        return _parse(text, site_dir, stamp)
-    except (ValueError, MemoryError):
-        return None, "malformed"
+
+
+def _size_text(size: int) -> str:
+    return f"{size // 1024 // 1024} MiB" if size >= 1024 * 1024 else f"{size} bytes"
 
 
 def save(index: "SiteIndex", directory: str, shared: bool = False) -> bool:
@@ -211,27 +224,49 @@ def save(index: "SiteIndex", directory: str, shared: bool = False) -> bool:
     #
     # User caches are private (0700 directory, 0600 file) and must be a real
     # directory owned by this user; shared ones are readable by everyone.
-    dir_mode, file_mode = (0o755, 0o644) if shared else (0o700, 0o600)
-    try:
-        if shared:  # inside the environment: create it all (a venv has no share/)
-            os.makedirs(directory, dir_mode, exist_ok=True)
-            # makedirs obeys the umask (0o755 is 0o700 under umask 077): every user of
-            # the environment must be able to reach the index (index/, popcon-site/, share/).
-            parent = os.path.dirname(directory)
-            for path in (directory, parent, os.path.dirname(parent)):
-                info = os.stat(path)
-                if info.st_uid == os.geteuid() and info.st_mode & 0o055 != 0o055:
-                    os.chmod(path, stat.S_IMODE(info.st_mode) | 0o055)
-        else:
-            _make_dirs(directory, dir_mode)
+    if not shared:
+        if not private_dir(directory):
+            return False
+        return write_atomically(directory, file_name(index.site_dir), _index_bytes(index))
+    try:  # inside the environment: create it all (a venv has no share/)
+        os.makedirs(directory, 0o755, exist_ok=True)
+        # makedirs obeys the umask (0o755 is 0o700 under umask 077): every user of
+        # the environment must be able to reach the index (index/, popcon-site/, share/).
+        parent = os.path.dirname(directory)
+        for path in (directory, parent, os.path.dirname(parent)):
+            info = os.stat(path)
+            if info.st_uid == os.geteuid() and info.st_mode & 0o055 != 0o055:
+                os.chmod(path, stat.S_IMODE(info.st_mode) | 0o055)
         info = os.lstat(directory)
         if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
             return False
-        if not shared and info.st_mode & 0o022:
-            return False
-        data = index.to_text().encode("utf-8", "surrogateescape")
-        final = os.path.join(directory, file_name(index.site_dir))
-        temp = f"{final}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
+    except (OSError, ValueError):
+        return False
+    return write_atomically(directory, file_name(index.site_dir), _index_bytes(index), 0o644, True)
+
+
+def _index_bytes(index: "SiteIndex") -> bytes:
+    return index.to_text().encode("utf-8", "surrogateescape")
+
+
+def private_dir(directory: str) -> bool:
+    # Creates ``directory`` (0700, and at most its parent); True when it is a real
+    # directory of this user's that nobody else may write to.
+    try:
+        _make_dirs(directory, 0o700)
+        info = os.lstat(directory)
+    except (OSError, ValueError):
+        return False
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == os.geteuid() and not info.st_mode & 0o022
+
+
+def write_atomically(
+    directory: str, name: str, data: bytes, file_mode: int = 0o600, chmod: bool = False
+) -> bool:
+    # Temp file + rename: concurrent writers and readers never see a torn file.
+    final = os.path.join(directory, name)
+    temp = f"{final}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
+    try:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
         fd = os.open(temp, flags | getattr(os, "O_CLOEXEC", 0), file_mode)
     except (OSError, ValueError):
@@ -239,7 +274,7 @@ def save(index: "SiteIndex", directory: str, shared: bool = False) -> bool:
     try:
         with os.fdopen(fd, "wb") as stream:
             stream.write(data)
-        if shared:
+        if chmod:
             os.chmod(temp, file_mode)  # the umask may have narrowed it
         os.replace(temp, final)
         return True

@@ -16,6 +16,7 @@ import os
 import sys
 
 # Loaded already: the hook imported it.
+import popcon_site
 from popcon_site import (
     DEFAULT_HOST,
     DEFAULT_PORT,
@@ -31,6 +32,7 @@ from popcon_site import (
     ENV_RANK0_ONLY,
     FALSE_WORDS,
     TRUE_WORDS,
+    is_literal_host,
     is_safe_name,
     is_true,
     split_host_port,
@@ -457,16 +459,18 @@ def attribute_and_send(session: "Session", names: "set[str]") -> str:
 
     deadline = None
     address = literal_address(config.host, config.port)
-    if address is None and session.resolution is not None:
+    why = ""
+    if address is None and not is_literal_host(config.host):
         import time
 
         deadline = time.monotonic() + NETWORK_BUDGET
-        found = session.resolution.wait(NETWORK_BUDGET)  # type: ignore[attr-defined]
+        # Cached, or looked up by a child process within the budget (_resolve).
+        resolve = popcon_site._sibling("_resolve")
+        found, why = resolve.address_for(config.host, True, NETWORK_BUDGET)
         if found is not None:
-            family, sockaddr = found
-            address = (family, (sockaddr[0], config.port, *sockaddr[2:]))
+            address = resolve.with_port(found, config.port)
     if address is None:
-        return f"not sent ({summary}): cannot resolve {config.host!r}"
+        return f"not sent ({summary}): cannot resolve {config.host!r}" + (why and f": {why}")
     target = f"{_format_address(address)} over {config.protocol}"
     if config.protocol == "tcp":
         import time

@@ -31,13 +31,18 @@ _SCRUBBED = (
     "PYTHONNOUSERSITE",
 )
 
-# A resolver that never answers, patched in before popcon-site starts.  A .pth line
-# runs inside site's addpackage(): names it imports are locals there, so the lambda
-# binds ``time`` as a default argument (a global lookup would raise NameError at
-# once, and the "hanging" resolver would fail fast instead).
+# A resolver that never answers, patched in before popcon-site starts: in this process
+# (getaddrinfo), and in popcon-site's lookup child, which runs ``python -I -S`` and so
+# never sees this file: a spawn whose code calls child_main runs a child that sleeps
+# instead, holding its answer pipe open.  A .pth line runs inside site's addpackage():
+# names it imports are locals there, so the lambdas bind them as default arguments (a
+# global lookup would raise NameError at once, and the "hanging" resolver fail fast).
 HANG_PTH = (
-    "import _socket, time; "
-    "_socket.getaddrinfo = lambda *args, _time=time, **kwargs: _time.sleep(3600)\n"
+    "import _socket, os, time; "
+    "_socket.getaddrinfo = lambda *args, _time=time, **kwargs: _time.sleep(3600); "
+    "os.posix_spawn = lambda path, argv, *args, _spawn=os.posix_spawn, **kwargs: _spawn("
+    "path, [argv[0], '-I', '-S', '-c', 'import time; time.sleep(5)'] "
+    "if 'child_main' in ' '.join(argv) else argv, *args, **kwargs)\n"
 )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 import time
 from collections.abc import Mapping
 
@@ -18,6 +19,7 @@ from popcon_site import (
     _hooks,
     _index,
     _installed,
+    _resolve,
     enable_problem,
     is_literal_host,
     is_true,
@@ -98,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
         "debug_problem": debug_problem(os.environ),
         "host_resolves": None if resolution is None else resolution[0],
         "host_resolution": None if resolution is None else resolution[1],
+        "cached_resolution": None if config is None else cached_resolution(config.host, cache_dir),
         "user_cache_dir": cache_dir,
         "system_index_dirs": _index.system_index_dirs(),
         "indexes": indexes,
@@ -142,6 +145,9 @@ def run(args: argparse.Namespace) -> int:
         assert resolution is not None
         row("statsd", f"{config.host}:{config.port} over {config.protocol}")
         row("host", resolution[1])
+        cached = data["cached_resolution"]
+        if cached is not None:
+            row("", f"cached: {cached}")
         row("metrics", f"{config.prefix}.<distribution>:1|c, {config.reports_name}:1|c")
         filters = []
         if config.include:
@@ -169,22 +175,42 @@ def debug_problem(environ: Mapping[str, str]) -> str | None:
 
 
 def _resolution(host: str) -> tuple[bool, str]:
-    """Whether the statsd host resolves, decided as a reporting process does (max 2 s)."""
-    from popcon_site import _resolve
-
+    """Whether the statsd host resolves, looked up here and now (max 2 s)."""
     if host == "localhost":
         return True, "localhost = 127.0.0.1 (no lookup, as the statsd client does)"
     if literal_address(host, 0) is not None:
         return True, "an IP address (no lookup)"
     if is_literal_host(host):
         return False, f"{host!r} is neither an IP address nor a host name: processes send nothing"
-    found = _resolve.Resolution(host).wait(2.0)
-    if found is None:
+    # A thread is fine here: this is popcon-site's own process, not a host program's.
+    answers: list[object] = []
+    lookup = threading.Thread(target=lambda: answers.append(_resolve.lookup(host)), daemon=True)
+    lookup.start()
+    lookup.join(2.0)
+    found = answers[0] if answers else None
+    if not isinstance(found, tuple):
         return False, (
             f"{host!r} does NOT resolve (or not within 2 s): processes send nothing; "
             "an IP address avoids the lookup"
         )
-    return True, f"resolves to {found[1][0]} (looked up in each process; an IP address is faster)"
+    return True, f"resolves to {found[1][0]} (an IP address saves processes the lookup)"
+
+
+def cached_resolution(host: str, cache_dir: str | None) -> str | None:
+    """What reporting processes use for a host name: the cached answer and its age."""
+    if is_literal_host(host):
+        return None
+    if cache_dir is None:
+        return "no usable cache: the first exit of each process looks the name up"
+    entry, why = _resolve.read_entry(cache_dir, host)
+    if entry is None:
+        if why == "none yet":
+            return "none yet: the next process to report looks the name up"
+        return f"{why}: ignored, the next process to report looks the name up again"
+    answer = "does not resolve" if entry.address is None else str(entry.address[1][0])
+    now = time.time()
+    state = "fresh" if entry.fresh(now) else "stale: the next process looks it up again"
+    return f"{answer}, resolved {age(now - entry.resolved_at)} ({state})"
 
 
 def _index_state(
