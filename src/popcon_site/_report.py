@@ -224,7 +224,6 @@ def _shorten(raw: str, limit: int = 40) -> str:
 
 def module_file(module: object) -> "str | None":
     # The file a module object was loaded from, read without triggering lazy loaders.
-    #
     # ``sys.modules`` may hold lazy modules or arbitrary objects; reading the
     # instance dictionary directly runs no ``__getattr__`` of theirs.
     try:
@@ -236,7 +235,6 @@ def module_file(module: object) -> "str | None":
 
 def module_files(names: "Iterable[str]", seen: "Iterable[str]" = ()) -> "set[str]":
     # The files of these modules; blocked (None) entries and the stdlib have none.
-    #
     # ``seen``: names the watcher saw looked up.  An entry the program replaced after
     # importing it (by None, or by an object that is not a module) is looked up again.
     modules = sys.modules
@@ -253,25 +251,23 @@ def module_files(names: "Iterable[str]", seen: "Iterable[str]" = ()) -> "set[str
             path = module_file(module)
             if path is None and not isinstance(module, type(sys)) and name in looked_up:
                 listings = listings if listings is not None else _path_listings()
-                if _listed_in(top, listings):
-                    path = _locate(name)  # imported, then replaced by another object
+                if _listed_in(top, listings):  # imported, then replaced by another object
+                    from popcon_site._attribution import locate_unloaded
+
+                    path = locate_unloaded(name)
         elif name in modules and name not in looked_up:
             continue  # set to None before any import: blocked, never loaded
         else:
             listings = listings if listings is not None else _path_listings()
-            if _listed_in(top, listings):
-                path = _locate(name)  # imported, then deleted (or set to None)
+            if _listed_in(top, listings):  # imported, then deleted (or set to None)
+                from popcon_site._attribution import locate_unloaded
+
+                path = locate_unloaded(name)
             else:
                 continue  # a failed import (an optional dependency probed)
         if path is not None:
             files.add(path)
     return files
-
-
-def _locate(name: str) -> "str | None":
-    from popcon_site._attribution import locate_unloaded
-
-    return locate_unloaded(name)
 
 
 def _path_listings() -> "list[object]":
@@ -509,11 +505,10 @@ def used_distributions(files: "set[str]", session: "Session") -> "set[str]":
     used = attributor.owners(files)
     if kernel is None:
         return used - attributor.owners(module_files(session.host_modules))
-
-    def owners_of(found: "Iterable[str]") -> "set[str]":
-        return attributor.owners(module_files(found))
-
-    return kernel.counted(used | owners_of(kernel.startup), session.sent, owners_of)
+    startup = attributor.owners(module_files(kernel.startup))
+    return kernel.counted(
+        used | startup, session.sent, lambda found: attributor.owners(module_files(found))
+    )
 
 
 def _format_address(address: "Address") -> str:
