@@ -117,9 +117,9 @@ def test_imports_after_a_checkpoint_are_sent_once_and_reports_once(
     code = LOOP + textwrap.dedent("""\
         import yaml
         work(1.5)      # checkpoint at 1 s: pyyaml + reports
-        import six     # not due: kept for the next checkpoint (2 s)
-        work(1.5)
-        import attr, idna  # not due (4 s): sent by the exit report
+        import six     # not due: kept for the next checkpoint (2 s later, at ~3 s)
+        work(2.5)      # ends ~1 s after it, so a late checkpoint still falls inside
+        import attr, idna  # not due (4 s later, ~7 s): sent by the exit report
         raise SystemExit(7)
         """)
     variables = enabled(sink, warm, PYTHON_POPCONTEST_CHECKPOINT="1", PYTHON_POPCONTEST_DEBUG="1")
