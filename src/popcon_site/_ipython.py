@@ -34,6 +34,7 @@ class Kernel:
         "shell",
         "startup",
         "startup_owners",
+        "unread",
     )
 
     def __init__(self, machinery: "dict[str, list[str]]", startup: "frozenset[str]") -> None:
@@ -45,6 +46,9 @@ class Kernel:
         self.named_owners: set[str] = set()  # their distributions, once loaded
         self.loaded: set[str] = set()  # distributions with a module loaded so far
         self.shell: object = None
+        # The user's startup files, read at the first call that may: a coding cookie's
+        # codec may be an import (encodings.latin_1), which a checkpoint may not do.
+        self.unread: list[str] = []
 
     def counted(
         self, owners: "set[str]", sent: "set[str]", attributor: "Attributor", may_read: bool = True
@@ -61,6 +65,11 @@ class Kernel:
             else:
                 self.startup_owners = frozenset(found)
         self.loaded |= owners | (self.startup_owners or frozenset())
+        while may_read and self.unread:
+            try:
+                self.note_imports(read_source(self.unread.pop()))
+            except Exception:
+                continue  # unreadable, or not Python: IPython says so, not us
         named = {name for name in self.named if name in sys.modules} if may_read else ()
         if named:
             self.named.difference_update(named)
@@ -194,13 +203,8 @@ def kernel_for(shell: object, startup: "frozenset[str]", ran_before: str = "") -
         return None
     kernel = Kernel(closure, startup)
     kernel.shell = shell
-    for path in user_startup_files(shell):
-        if ran_before and path >= ran_before:
-            continue
-        try:
-            kernel.note_imports(read_source(path))
-        except Exception:
-            continue  # unreadable, or not Python: IPython says so, not us
+    files = user_startup_files(shell)
+    kernel.unread = [path for path in files if not ran_before or path < ran_before]
     return kernel
 
 
@@ -224,7 +228,7 @@ def application() -> object:
 
 # What late_kernel() imports: loaded in a kernel before any cell (jupyter_client and
 # IPython's own), so a checkpoint inside the program's work may build one.
-LATE_NEEDS = ("glob", "importlib.metadata", "io", "tokenize")
+LATE_NEEDS = ("glob", "importlib.metadata")
 
 
 _late_tried = False  # late_kernel() inside the program's work: once
