@@ -154,7 +154,7 @@ def checkpoint(state: State, session: "Session", safe: bool) -> str:
 
     owners, checked, complete = attribute(names - state.checked, attributor)
     if kernel is not None:
-        used = kernel.counted(owners, session.sent, attributor, safe)
+        used = kernel.counted(owners, session.sent, attributor, _report.module_files, safe)
     else:
         used = owners - (host or frozenset())
     used -= session.sent

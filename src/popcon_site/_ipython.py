@@ -16,6 +16,8 @@ import popcon_site
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
     from popcon_site._attribution import Attributor
 
 MACHINERY = ("ipython", "ipykernel")
@@ -51,19 +53,24 @@ class Kernel:
         self.unread: list[str] = []
 
     def counted(
-        self, owners: "set[str]", sent: "set[str]", attributor: "Attributor", may_read: bool = True
+        self,
+        owners: "set[str]",
+        sent: "set[str]",
+        attributor: "Attributor",
+        module_files: "Callable[[Iterable[str]], set[str]]",
+        may_read: bool = True,
     ) -> "set[str]":
         # The distributions to count, given the owners of modules loaded since the
-        # last call (those already sent included).  may_read: metadata files may be
-        # read and the named modules attributed (after a cell, at exit); otherwise
-        # that part waits for the next call that may.
-        module_files = popcon_site._sibling("_report").module_files  # loaded: it called us
+        # last call (those already sent included).  may_read: metadata and startup
+        # files may be read and the named modules attributed (after a cell, at exit);
+        # otherwise that part waits for the next call that may.  module_files is
+        # _report's, passed in: _report calls this module, never the other way round.
         if self.startup_owners is None:
             found = attributor.owners(module_files(self.startup))
-            if getattr(attributor, "cold", None):  # a checkpoint's: an index it may not build
-                owners = owners | found  # some not decided yet: again next time
-            else:
+            if may_read:
                 self.startup_owners = frozenset(found)
+            else:
+                owners = owners | found  # a cold index may leave some out: again next time
         self.loaded |= owners | (self.startup_owners or frozenset())
         while may_read and self.unread:
             try:
@@ -103,7 +110,7 @@ class Kernel:
 
 
 def imported_names(source: str, into: "set[str]") -> None:
-    # A line scan, not a parse: its cost grows with the lines only (~17 us for a
+    # A line scan, not a parse: its cost grows with the lines only (~20 us for a
     # 20-line cell), IPython syntax (%magic, a %%time cell's body) needs no transform,
     # and nothing is compiled twice (a second SyntaxWarning).  Recognized: a line
     # that starts, after indentation, with ``import a.b as c, d`` (a, d) or ``from
@@ -301,7 +308,7 @@ def after_cell(result: object = None) -> None:
     session = popcon_site.current()
     kernel = session.kernel if session is not None else None
     cell = getattr(getattr(result, "info", None), "raw_cell", None)
-    # A cell without the word costs 0.3 us; scanning one is ~17 us per 20 lines (27 ms per 50k).
+    # A cell without the word costs 0.3 us; scanning one is ~20 us per 20 lines (~50 ms per 50k).
     if kernel is not None and isinstance(cell, str) and "import" in cell:
         try:
             kernel.note_imports(cell)

@@ -508,7 +508,7 @@ def used_distributions(files: "set[str]", session: "Session") -> "set[str]":
     used = attributor.owners(files)
     if kernel is None:
         return used - attributor.owners(module_files(session.host_modules))
-    return kernel.counted(used, session.sent, attributor)
+    return kernel.counted(used, session.sent, attributor, module_files)
 
 
 def _format_address(address: "Address") -> str:
