@@ -189,6 +189,7 @@ def test_status_reports_hook_config_and_index(env: Env, home: Path) -> None:
     assert "no (PYTHON_POPCONTEST_ENABLE is not set)" in text.stdout
     assert "localhost:8125 over udp" in text.stdout
     assert "NO USABLE INDEX: a process killed before it exits sends only reports" in text.stdout
+    assert "(checkpoints inside a program's work never build one;" in text.stdout
     assert "run popcon-site index --system as its owner after every install" in text.stdout
 
 

@@ -177,8 +177,9 @@ def counted_by_a_script(env: Env, sink: UdpSink, home: Path, tmp_path: Path, cod
         # script (and six, which python-dateutil 2 imports, on Python 3.9).
         ("import arrow", None, {"arrow", "python-dateutil"}),
         ("from dateutil import parser", None, {"python-dateutil"}),
-        # IPython syntax around the import: parsed after IPython's own transform.
+        # IPython syntax around the import, or a cell magic whose body is a string.
         ("here = %pwd\nimport psutil", "import psutil", {"psutil"}),
+        ("%%time\nimport psutil", "import psutil", {"psutil"}),
         # Named only in a string, or a relative import: nothing of the machinery counts.
         (
             "s = 'import psutil'\ntry:\n    from .psutil import x\nexcept ImportError: pass",
@@ -186,7 +187,7 @@ def counted_by_a_script(env: Env, sink: UdpSink, home: Path, tmp_path: Path, cod
             set(),
         ),
     ],
-    ids=["psutil", "nested", "arrow", "dateutil", "magic", "not-an-import"],
+    ids=["psutil", "nested", "arrow", "dateutil", "magic", "cell-magic", "not-an-import"],
 )
 def test_a_cell_importing_a_library_the_kernel_had_loaded_counts_it(
     jupyter: Env,
@@ -248,6 +249,55 @@ def test_the_users_startup_files_are_the_users_imports(
     assert counted == counted_by_a_script(
         jupyter, sink, home, tmp_path, "import arrow\nfrom psutil import cpu_count"
     )
+
+
+def test_a_startup_file_in_its_declared_encoding_is_read(
+    jupyter: Env,
+    sink: UdpSink,
+    home: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path: Path,
+) -> None:
+    """A PEP 263 coding cookie (latin-1 here) is honoured, as Python itself does."""
+    startup = tmp_path_factory.mktemp("z-ipython") / "profile_default" / "startup"
+    startup.mkdir(parents=True)
+    (startup / "00-user.py").write_bytes(
+        b"# -*- coding: latin-1 -*-\n# caf\xe9\nfrom psutil import cpu_count\n"
+    )
+    run_cell_in_kernel(jupyter, sink, home, tmp_path, "x = 1", startup.parent.parent)
+    assert counted_once(sink.drain()) == {"psutil"}
+
+
+def user_startup_file_that_raises(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An IPYTHONDIR whose startup file raises, sorted before ours: ours never runs."""
+    ipython_dir = tmp_path_factory.mktemp("a-ipython")
+    startup = ipython_dir / "profile_default" / "startup"
+    startup.mkdir(parents=True)
+    (startup / "00-user.py").write_text("raise RuntimeError('a broken startup file')\n")
+    return ipython_dir
+
+
+@pytest.mark.parametrize("cell", ["import yaml", "import arrow"])
+def test_a_user_startup_file_that_raises_still_keeps_the_machinery_out(
+    jupyter: Env,
+    sink: UdpSink,
+    home: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path: Path,
+    cell: str,
+) -> None:
+    """IPython stops at the first startup file that raises, so ours never ran: the
+    exit report tells the machinery apart all the same."""
+    ipython_dir = user_startup_file_that_raises(tmp_path_factory)
+    marker = tmp_path / "ours-ran"
+    check = (
+        f"import sys; open({str(marker)!r}, 'w').write(str('popcon_site._ipython' in sys.modules))"
+    )
+    run_cell_in_kernel(jupyter, sink, home, tmp_path, f"{check}\n{cell}", ipython_dir)
+    assert marker.read_text() == "False"  # our startup file did not run
+    counted = counted_once(sink.drain())
+    # Not ipython, ipykernel, pyzmq, tornado, traitlets, jupyter-client, psutil...
+    assert counted == counted_by_a_script(jupyter, sink, home, tmp_path, cell)
 
 
 def test_without_the_machinerys_metadata_what_was_loaded_first_is_the_machinery(
@@ -390,10 +440,43 @@ KILL_DRIVER = textwrap.dedent("""\
 def test_a_cell_import_arrives_while_the_kernel_runs_and_survives_sigkill(
     jupyter: Env, sink: UdpSink, home: Path, tmp_path: Path
 ) -> None:
+    cells = [("x = 1", {REPORTS}), ("import yaml", {REPORTS, f"{PREFIX}pyyaml:1|c"})]
+    run_cells_then_kill(jupyter, sink, home, tmp_path, cells)
+
+
+def test_checkpoints_run_even_when_a_user_startup_file_raised(
+    jupyter: Env,
+    sink: UdpSink,
+    home: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path: Path,
+) -> None:
+    """Our startup file never ran: once a cell has run, the next checkpoint (here a
+    collection) tells the machinery apart, and from then on every cell sends."""
+    ipython_dir = user_startup_file_that_raises(tmp_path_factory)
+    cells = [
+        ("x = 1", set()),  # before its first cell, ours might still have run
+        ("import time, gc; time.sleep(1.2); gc.collect()", {REPORTS}),
+        ("import yaml", {REPORTS, f"{PREFIX}pyyaml:1|c"}),
+    ]
+    extra = {"IPYTHONDIR": str(ipython_dir), "PYTHON_POPCONTEST_CHECKPOINT": "1"}
+    run_cells_then_kill(jupyter, sink, home, tmp_path, cells, extra)
+
+
+def run_cells_then_kill(
+    jupyter: Env,
+    sink: UdpSink,
+    home: Path,
+    tmp_path: Path,
+    cells: list[tuple[str, set[str]]],
+    extra: dict[str, str] | None = None,
+) -> None:
+    """Runs each cell, checks what has arrived within a second of it, then SIGKILLs
+    the kernel (the last cell is ``import yaml``): nothing lost, nothing twice."""
     import subprocess
     import time
 
-    dirs = private_dirs(tmp_path, home)
+    dirs = private_dirs(tmp_path, home) | (extra or {})
     driver = tmp_path / "kill_driver.py"
     driver.write_text(KILL_DRIVER)
     proc = subprocess.Popen(
@@ -406,10 +489,7 @@ def test_a_cell_import_arrives_while_the_kernel_runs_and_survives_sigkill(
     )
     assert proc.stdin is not None and proc.stdout is not None
     try:
-        for cell, wanted in [
-            ("x = 1", {REPORTS}),
-            ("import yaml", {REPORTS, f"{PREFIX}pyyaml:1|c"}),
-        ]:
+        for cell, wanted in cells:
             proc.stdin.write(cell + "\n")
             proc.stdin.flush()
             assert proc.stdout.readline() == "done\n"
@@ -418,7 +498,7 @@ def test_a_cell_import_arrives_while_the_kernel_runs_and_survives_sigkill(
             while time.monotonic() - started < 1.0 and not wanted <= set(lines):
                 lines += sink.lines(0.1)
             # Within a second of the cell, while the kernel still runs.
-            assert wanted <= set(sink_lines(sink)), (cell, sink.packets)
+            assert set(sink_lines(sink)) == wanted, (cell, sink.packets)
         result = json.loads(proc.stdout.readline())
         proc.wait(timeout=60)
     finally:

@@ -43,7 +43,7 @@ def test_a_job_killed_at_its_time_limit(
     assert counts == {
         # Past its first checkpoint, with an index: counted once, as if it had exited.
         "indexed": {PYYAML: 1, REPORTS: 1},
-        # No index: a checkpoint never builds one, so only reports survived.
+        # No index: a checkpoint inside the program's work never builds one: only reports.
         "cold": {REPORTS: 1},
         # Its handler's sys.exit() ran the exit report: six, imported after the last
         # checkpoint, arrived, and nothing came twice.

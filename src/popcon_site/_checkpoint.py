@@ -24,7 +24,6 @@ import popcon_site
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterable
     from types import FrameType
 
     from popcon_site import Session, _attribution, _report
@@ -85,7 +84,9 @@ class State:
         self.config: Config | None = None
         self.off = False  # the configuration allows no report from here
         self.attributor: _Attributor | None = None
-        self.host: frozenset[str] | None = None  # a kernel's own distributions, or see checkpoint()
+        # Without a Kernel (no metadata for IPython): the owners of what the kernel
+        # loaded before our startup file ran, all of it machinery, never counted.
+        self.host: frozenset[str] | None = None
 
 
 def run(session: "Session", trigger: str) -> None:
@@ -127,8 +128,11 @@ def checkpoint(state: State, session: "Session", safe: bool) -> str:
     patterns = config.include + config.exclude
     if not safe and "fnmatch" not in sys.modules and any(set(p) & set("*?[") for p in patterns):
         return LATER
-    if not session.host_modules and _ipython_starting():
-        return LATER  # its startup file has not yet told the kernel's machinery apart
+    if session.kernel is None and not session.host_modules and _ipython_starting():
+        # Its startup file has not yet told the kernel's machinery apart, or never will.
+        session.kernel = popcon_site._sibling("_ipython").late_kernel(at_exit=False)
+        if session.kernel is None:
+            return LATER
     if not safe and "site" not in sys.modules:
         return LATER  # python -S: finding the site directories would import site
 
@@ -142,25 +146,18 @@ def checkpoint(state: State, session: "Session", safe: bool) -> str:
     attributor.may_build = safe
     host = state.host
     kernel = session.kernel
-    if host is None and session.host_modules:
-        # With a Kernel: the owners of what the kernel loaded before our startup file.
-        modules = session.host_modules if kernel is None else kernel.startup
-        host = frozenset(attributor.owners(_report.module_files(modules)))
+    if host is None and session.host_modules and kernel is None:
+        host = frozenset(attributor.owners(_report.module_files(session.host_modules)))
         if attributor.cold:
             return LATER
         state.host = host
 
     owners, checked, complete = attribute(names - state.checked, attributor)
-    used = {owner for owner in owners if owner not in session.sent}
     if kernel is not None:
-
-        def owners_of(found: "Iterable[str]") -> "set[str]":
-            return attributor.owners(_report.module_files(found))
-
-        used = kernel.counted(owners | (host or set()), session.sent, owners_of, safe)
-        used -= session.sent
+        used = kernel.counted(owners, session.sent, attributor, _report.module_files, safe)
     else:
-        used -= host or frozenset()
+        used = owners - (host or frozenset())
+    used -= session.sent
     if config.include or config.exclude:
         used = {name for name in used if config.allows(name)}
     with_reports = not session.reports_sent and _report.in_main_interpreter()

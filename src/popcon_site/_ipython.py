@@ -18,6 +18,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
+    from popcon_site._attribution import Attributor
+
 MACHINERY = ("ipython", "ipykernel")
 OWN_STARTUP_FILE = "00-popcon-site.py"
 
@@ -25,34 +27,61 @@ OWN_STARTUP_FILE = "00-popcon-site.py"
 class Kernel:
     # What a kernel's checkpoints and exit report need to tell the user's code from
     # the machinery; created once, by our startup file.
-    __slots__ = ("loaded", "machinery", "named", "named_owners", "requires", "shell", "startup")
+    __slots__ = (
+        "loaded",
+        "machinery",
+        "named",
+        "named_owners",
+        "requires",
+        "shell",
+        "startup",
+        "startup_owners",
+        "unread",
+    )
 
     def __init__(self, machinery: "dict[str, list[str]]", startup: "frozenset[str]") -> None:
         self.machinery = machinery  # distribution -> the distributions it requires
         self.requires: dict[str, list[str]] = {}  # the same, read for counted ones
         self.startup = startup  # modules loaded by the kernel before our startup file
+        self.startup_owners: frozenset[str] | None = None  # their distributions, once known
         self.named: set[str] = set()  # top-level modules the user's code imports
         self.named_owners: set[str] = set()  # their distributions, once loaded
         self.loaded: set[str] = set()  # distributions with a module loaded so far
         self.shell: object = None
+        # The user's startup files, read at the first call that may: a coding cookie's
+        # codec may be an import (encodings.latin_1), which a checkpoint may not do.
+        self.unread: list[str] = []
 
     def counted(
         self,
         owners: "set[str]",
         sent: "set[str]",
-        owners_of: "Callable[[Iterable[str]], set[str]]",
+        attributor: "Attributor",
+        module_files: "Callable[[Iterable[str]], set[str]]",
         may_read: bool = True,
     ) -> "set[str]":
         # The distributions to count, given the owners of modules loaded since the
-        # last call (those already sent included).  may_read: metadata files may be
-        # read and the named modules attributed (after a cell, at exit); otherwise
-        # that part waits for the next call that may.
-        self.loaded |= owners
-        found = {name for name in self.named if name in sys.modules} if may_read else ()
-        if found:
-            self.named.difference_update(found)
-            self.named_owners |= owners_of(found)
-        counting = {name for name in owners if name not in self.machinery} | sent
+        # last call (those already sent included).  may_read: metadata and startup
+        # files may be read and the named modules attributed (after a cell, at exit);
+        # otherwise that part waits for the next call that may.  module_files is
+        # _report's, passed in: _report calls this module, never the other way round.
+        if self.startup_owners is None:
+            found = attributor.owners(module_files(self.startup))
+            if may_read:
+                self.startup_owners = frozenset(found)
+            else:
+                owners = owners | found  # a cold index may leave some out: again next time
+        self.loaded |= owners | (self.startup_owners or frozenset())
+        while may_read and self.unread:
+            try:
+                self.note_imports(read_source(self.unread.pop()))
+            except Exception:
+                continue  # unreadable, or not Python: IPython says so, not us
+        named = {name for name in self.named if name in sys.modules} if may_read else ()
+        if named:
+            self.named.difference_update(named)
+            self.named_owners |= attributor.owners(module_files(named))
+        counting = {name for name in self.loaded if name not in self.machinery} | sent
         counting |= self.named_owners & self.loaded
         todo = list(counting)
         while todo:
@@ -75,41 +104,33 @@ class Kernel:
             self.requires[name] = known
         return known or []
 
-    def note_imports(self, source: str, ipython_syntax: bool) -> None:
-        # The top-level modules imported by absolute imports in this code; a cell or
-        # a .ipy file may be IPython syntax (%magic, !shell), turned into Python first.
-        import ast
-        import warnings
-
-        # IPython compiles the cell itself and shows its warnings; a second parse here
-        # would print each SyntaxWarning (an invalid escape, 3.12+) once more.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                tree = ast.parse(source)
-            except SyntaxError:
-                transform = getattr(self.shell, "transform_cell", None)
-                if not ipython_syntax or transform is None:
-                    return
-                tree = ast.parse(transform(source))
-        imported_names(tree.body, self.named)
+    def note_imports(self, source: str) -> None:
+        # The top-level modules this code's import lines name (imported_names()).
+        imported_names(source, self.named)
 
 
-def imported_names(body: "Iterable[object]", into: "set[str]") -> None:
-    # Walks statements only (imports are statements): ~10 us for a 20-line cell.
-    import ast
-
-    for node in body:
-        if isinstance(node, ast.Import):
-            into.update(alias.name.partition(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if not node.level and node.module:
-                into.add(node.module.partition(".")[0])
+def imported_names(source: str, into: "set[str]") -> None:
+    # A line scan, not a parse: its cost grows with the lines only (~20 us for a
+    # 20-line cell), IPython syntax (%magic, a %%time cell's body) needs no transform,
+    # and nothing is compiled twice (a second SyntaxWarning).  Recognized: a line
+    # that starts, after indentation, with ``import a.b as c, d`` (a, d) or ``from
+    # x.y import z`` (x; not a relative import), up to a '#' or ';'.
+    for line in source.splitlines():
+        line = line.lstrip()
+        if line.startswith("import "):
+            names = line[len("import ") :]
+        elif line.startswith("from "):
+            names = line[len("from ") :].partition(" import")[0].lstrip()
+            if names.startswith("."):
+                continue
         else:
-            for field in ("body", "orelse", "finalbody", "handlers", "cases"):
-                inner = getattr(node, field, None)
-                if isinstance(inner, list):
-                    imported_names(inner, into)
+            continue
+        names = names.partition("#")[0].partition(";")[0]
+        for item in names.split(","):
+            words = item.split()
+            top = words[0].partition(".")[0] if words else ""
+            if top.isidentifier():
+                into.add(top)
 
 
 def declared_requirements(name: str) -> "list[str]":
@@ -122,7 +143,8 @@ def declared_requirements(name: str) -> "list[str]":
     text = distribution.read_text("METADATA")
     if text is not None:
         head = text.partition("\n\n")[0].splitlines()
-        lines = [line[14:] for line in head if line.startswith("Requires-Dist:")]
+        key = "Requires-Dist:"
+        lines = [line[len(key) :] for line in head if line.startswith(key)]
     elif distribution.read_text("PKG-INFO") is not None:
         lines = distribution.requires or []  # an .egg-info: requires.txt
     else:
@@ -176,9 +198,10 @@ def user_startup_files(shell: object) -> "list[str]":
     return [path for path in files if os.path.basename(path) != OWN_STARTUP_FILE]
 
 
-def kernel_for(shell: object, startup: "frozenset[str]") -> "Kernel | None":
+def kernel_for(shell: object, startup: "frozenset[str]", ran_before: str = "") -> "Kernel | None":
     # None when the machinery's metadata cannot be read: then everything loaded when
     # our startup file runs is the machinery (Session.host_modules), as it used to be.
+    # ran_before: only the user's startup files sorted before this path ran.
     roots = [name for name in MACHINERY if _module_of(name) in sys.modules]
     closure = machinery_closure(roots)
     if not closure:
@@ -187,12 +210,67 @@ def kernel_for(shell: object, startup: "frozenset[str]") -> "Kernel | None":
         return None
     kernel = Kernel(closure, startup)
     kernel.shell = shell
-    for path in user_startup_files(shell):
-        try:
-            with open(path, encoding="utf-8") as file:
-                kernel.note_imports(file.read(), path.endswith(".ipy"))
-        except Exception:
-            continue  # unreadable, or not Python: IPython says so, not us
+    files = user_startup_files(shell)
+    kernel.unread = [path for path in files if not ran_before or path < ran_before]
+    return kernel
+
+
+def read_source(path: str) -> str:
+    # A startup file's text in its PEP 263 encoding (UTF-8 without a coding cookie).
+    import io
+    import tokenize
+
+    with open(path, "rb") as file:
+        data = file.read()
+    encoding = tokenize.detect_encoding(io.BytesIO(data).readline)[0]
+    return data.decode(encoding)
+
+
+def application() -> object:
+    # The running IPython application (a kernel, the terminal), or None; reads a class
+    # attribute, runs no code.
+    module = sys.modules.get("IPython.core.application")
+    return getattr(getattr(module, "BaseIPythonApplication", None), "_instance", None)
+
+
+# What late_kernel() imports: loaded in a kernel before any cell (jupyter_client and
+# IPython's own), so a checkpoint inside the program's work may build one.
+LATE_NEEDS = ("glob", "importlib.metadata")
+
+
+_late_tried = False  # late_kernel() inside the program's work: once
+
+
+def late_kernel(at_exit: bool) -> "Kernel | None":
+    """The Kernel our startup file would have made, when it never ran.
+
+    IPython stops running the startup files at the first that raises: one of the
+    user's sorted before ours keeps ours from running.  The machinery does not depend
+    on when it is read; everything loaded since activation is then sorted by it, and
+    the user's startup files that ran (those sorted before ours) are the user's code.
+    None while that cannot be told yet: before the first cell (ours may still run),
+    or when it would import something inside the program's work (not at_exit).
+    """
+    app = application()
+    if app is None:
+        return None
+    shell = getattr(app, "shell", None)
+    if not at_exit:
+        first_cell_ran = getattr(shell, "execution_count", 0)
+        if not (isinstance(first_cell_ran, int) and first_cell_ran > 1):
+            return None
+        global _late_tried
+        if not all(name in sys.modules for name in LATE_NEEDS) or _late_tried:
+            return None
+        _late_tried = True  # without the machinery's metadata, every try is in vain
+    ours = os.path.join(sys.prefix, "etc", "ipython", "startup", OWN_STARTUP_FILE)
+    try:
+        kernel = kernel_for(shell, frozenset(), ours)
+        events = getattr(shell, "events", None)
+        if kernel is not None and events is not None and not at_exit:
+            events.register("post_run_cell", after_cell)  # a list's append
+    except Exception:
+        return None
     return kernel
 
 
@@ -230,10 +308,10 @@ def after_cell(result: object = None) -> None:
     session = popcon_site.current()
     kernel = session.kernel if session is not None else None
     cell = getattr(getattr(result, "info", None), "raw_cell", None)
-    # A cell without the word costs 0.3 us; parsing one is ~200 us per 20 lines.
+    # A cell without the word costs 0.3 us; scanning one is ~20 us per 20 lines (~50 ms per 50k).
     if kernel is not None and isinstance(cell, str) and "import" in cell:
         try:
-            kernel.note_imports(cell, True)
+            kernel.note_imports(cell)
         except Exception:
             pass
     popcon_site._checkpoint_due("cell")

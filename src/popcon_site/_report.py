@@ -497,6 +497,9 @@ def _sent_earlier(session: "Session") -> str:
 def used_distributions(files: "set[str]", session: "Session") -> "set[str]":
     # The distributions owning these files, less an IPython kernel's own machinery.
     kernel = session.kernel
+    if kernel is None and not session.host_modules and "IPython.core.application" in sys.modules:
+        # In IPython, the startup files may have stopped before ours (_ipython.late_kernel).
+        kernel = session.kernel = popcon_site._sibling("_ipython").late_kernel(at_exit=True)
     if not files and kernel is None:
         return set()  # only the standard library: the attribution code never loads
     from popcon_site._attribution import Attributor
@@ -505,10 +508,7 @@ def used_distributions(files: "set[str]", session: "Session") -> "set[str]":
     used = attributor.owners(files)
     if kernel is None:
         return used - attributor.owners(module_files(session.host_modules))
-    startup = attributor.owners(module_files(kernel.startup))
-    return kernel.counted(
-        used | startup, session.sent, lambda found: attributor.owners(module_files(found))
-    )
+    return kernel.counted(used, session.sent, attributor, module_files)
 
 
 def _format_address(address: "Address") -> str:

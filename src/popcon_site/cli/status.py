@@ -249,11 +249,12 @@ def _index_state(
             f"built {age(float(str(used['age_seconds'])))}: {used['file']}"
         )
     else:
-        # Checkpoints never build one inside the program's work: what they send needs it.
+        # Checkpoints inside the program's work never build one: what they send needs it.
         fix = "popcon-site index" if user_site else "popcon-site index --system as its owner"
         summary = (
             "NO USABLE INDEX: a process killed before it exits sends only reports (checkpoints "
-            f"never build one; the next process to exit normally does): run {fix} after "
+            "inside a program's work never build one; the next process to exit normally "
+            f"does): run {fix} after "
             "every install"
         )
     for old in stale:
