@@ -68,6 +68,8 @@ def tests_sid(session: nox.Session) -> None:
     if os.geteuid() != 0:
         session.error("tests_sid needs root (debootstrap, chroot)")
     _ensure_sid(session)
+    # As schroot does: the machine's own names (its hostname) resolve inside the chroot too.
+    shutil.copy("/etc/hosts", SID_ROOT / "etc/hosts")
     src = SID_ROOT / "src"
     shutil.rmtree(src, ignore_errors=True)
     shutil.copytree(
