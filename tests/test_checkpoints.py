@@ -341,6 +341,7 @@ PARSE = textwrap.dedent("""\
     def wait_sent(trial):  # polls: an interrupt raised in it leaves nothing half done
         while sent[0] <= trial:
             time.sleep(0.001)
+        time.sleep(0.001)  # a signal still pending is handled here, inside the caller's try
     threading.Thread(target=serve, daemon=True).start()
     """)
 
