@@ -320,3 +320,178 @@ def test_a_sigterm_handler_during_a_checkpoint_still_ends_the_program(
         proc.kill()
     assert (proc.returncode, stdout, stderr) == (3, "handler ran 1\n", "")
     assert counts(wait_for(sink, {REPORTS}, 2.0)) == Counter({lib("six"): 1, REPORTS: 1})
+
+
+# ast.parse of this source collects many times (3.9-3.11) or once as it returns (3.12+,
+# where a collection waits for the next eval-breaker check): a signal sent by a thread,
+# which gets the GIL only inside the collection callback, is handled in that callback.
+# One sender thread for all trials: a thread's end runs a weakref callback in the main
+# thread, where a re-raised interrupt would be printed and lost (see the report).
+PARSE = textwrap.dedent("""\
+    import ast, os, signal, sys, threading, time, _queue
+    src = "x = [1, 2, 3]\\n" * 5000
+    wanted, sent = _queue.SimpleQueue(), [0]
+    def serve():
+        while True:
+            signums = wanted.get()
+            time.sleep(0.01)
+            for signum in signums:
+                os.kill(os.getpid(), signum)
+            sent[0] += 1
+    def wait_sent(trial):  # polls: an interrupt raised in it leaves nothing half done
+        while sent[0] <= trial:
+            time.sleep(0.001)
+        time.sleep(0.001)  # a signal still pending is handled here, inside the caller's try
+    threading.Thread(target=serve, daemon=True).start()
+    """)
+
+
+def test_ctrl_c_during_a_long_c_call_that_collects_reaches_the_program(
+    env: Env, sink: UdpSink, warm: Path
+) -> None:
+    """20 times in one process; a Python function as the gc callback lost all 20 (the
+    handler ran at its first instruction, outside any try, and gc printed it)."""
+    code = PARSE + textwrap.dedent("""\
+        import six
+        delivered = lost = 0
+        for trial in range(20):
+            wanted.put([signal.SIGINT])
+            try:
+                ast.parse(src)
+                wait_sent(trial)  # sent during the parse, or now: interrupted either way
+                lost += 1
+            except KeyboardInterrupt:
+                delivered += 1
+                wait_sent(trial)
+        print(delivered, lost)
+        """)
+    proc = env.run("-c", code, env=enabled(sink, warm))
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "20 0\n", "")
+    assert counts(wait_for(sink, {REPORTS}, 2.0)) == Counter({lib("six"): 1, REPORTS: 1})
+
+
+def test_a_sigterm_handler_during_a_long_c_call_that_collects_ends_the_program(
+    env: Env, sink: UdpSink, warm: Path
+) -> None:
+    """sys.exit(3) from the handler: caught by the program 19 times, the 20th ends it."""
+    code = PARSE + textwrap.dedent("""\
+        import atexit
+        calls, caught = [], [0]
+        def on_term(signum, frame):
+            calls.append(signum)
+            sys.exit(3)
+        signal.signal(signal.SIGTERM, on_term)
+        atexit.register(lambda: print(len(calls), caught[0], flush=True))
+        for trial in range(20):
+            wanted.put([signal.SIGTERM])
+            try:
+                ast.parse(src)
+                wait_sent(trial)
+            except SystemExit:
+                wait_sent(trial)
+                if trial == 19:
+                    raise
+                caught[0] += 1
+        """)
+    proc = env.run("-c", code, env=enabled(sink, warm))
+    assert (proc.returncode, proc.stdout, proc.stderr) == (3, "20 19\n", "")
+
+
+def test_ctrl_c_from_outside_during_a_long_collection_reaches_the_program(
+    env: Env, sink: UdpSink, warm: Path
+) -> None:
+    """A real SIGINT from this process lands in gc.collect() of a big heap (~0.1 s), and
+    is handled in the callback gc calls when the collection ends (3.13 too)."""
+    code = textwrap.dedent("""\
+        import gc, sys
+        keep = [[i] for i in range(1000000)]
+        delivered = 0
+        for trial in range(10):
+            try:
+                print("collecting", flush=True)
+                gc.collect()
+                sys.stdin.readline()  # this process's word that it sent the signal
+            except KeyboardInterrupt:
+                delivered += 1
+                sys.stdin.readline()
+        print(delivered)
+        """)
+    proc = subprocess.Popen(
+        [str(env.python), "-c", code],
+        env=enabled(sink, warm),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        for _ in range(10):
+            assert proc.stdout.readline() == "collecting\n"
+            time.sleep(0.01)
+            proc.send_signal(signal.SIGINT)
+            proc.stdin.write("sent\n")
+            proc.stdin.flush()
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert (proc.returncode, stdout, stderr) == (0, "10\n", "")
+
+
+def test_two_raising_handlers_pending_at_once_during_a_collection(
+    env: Env, sink: UdpSink, warm: Path
+) -> None:
+    """SIGINT and SIGTERM sent back to back: the second handler raises right after the
+    first one's exception was caught, at the next eval-breaker check.  Each of the 20
+    trials is interrupted, and nothing is printed.  The handlers raise only inside
+    trial(), so that the program's own except clause never gets the second one."""
+    code = PARSE + textwrap.dedent("""\
+        def trial(number):
+            wanted.put([signal.SIGINT, signal.SIGTERM])
+            ast.parse(src)
+            wait_sent(number)
+        def in_trial(frame):
+            while frame is not None:
+                if frame.f_code is trial.__code__:
+                    return True
+                frame = frame.f_back
+            return False
+        def on_int(signum, frame):
+            if in_trial(frame):
+                raise KeyboardInterrupt
+        def on_term(signum, frame):
+            if in_trial(frame):
+                sys.exit(3)
+        signal.signal(signal.SIGINT, on_int)
+        signal.signal(signal.SIGTERM, on_term)
+        uninterrupted = 0
+        for number in range(20):
+            try:
+                trial(number)
+                uninterrupted += 1
+            except (KeyboardInterrupt, SystemExit):
+                wait_sent(number)
+        print(uninterrupted)
+        """)
+    proc = env.run("-c", code, env=enabled(sink, warm))
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "0\n", "")
+
+
+def test_checkpoints_from_collections_when_every_allocation_collects(
+    env: Env, sink: UdpSink, warm: Path
+) -> None:
+    """gc.set_threshold(1): the checkpoint the collection clock runs allocates, and gc
+    never nests a collection in it (a nested one would resume the running clock:
+    "generator already executing" on stderr)."""
+    code = textwrap.dedent("""\
+        import gc, time, six
+        gc.set_threshold(1)
+        end = time.monotonic() + 1.5
+        while time.monotonic() < end:
+            x = [[]]
+        """)
+    variables = enabled(sink, warm, PYTHON_POPCONTEST_CHECKPOINT="0.5")
+    proc = env.run("-c", code, env=variables)
+    assert (proc.returncode, proc.stderr) == (0, "")
+    packets = wait_for(sink, {REPORTS}, 2.0)
+    assert [sorted(packet.decode().split("\n")) for packet in packets] == [[lib("six"), REPORTS]]

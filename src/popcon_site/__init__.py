@@ -26,7 +26,7 @@ __all__ = ["activate", "setup_reporter", "stop_reporting"]
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Generator
     from types import FrameType, ModuleType
     from typing import Any
 
@@ -245,7 +245,7 @@ class Session:
 
 
 _session = None  # type: Session | None
-_collection_hooks = []  # type: list[Callable[[str, dict[str, int]], None]]
+_collection_hooks = []  # type: list[Callable[[str, dict[str, int]], object]]
 
 
 def _allocate_lock() -> "Any":
@@ -275,14 +275,52 @@ def _watch_collections(session: Session) -> None:
         return
     import gc
 
-    gc.callbacks.append(_after_collection)
-    _collection_hooks.append(_after_collection)
+    clock = _collection_clock()
+    next(clock)
+    method: Any = type(session.start_up_over)  # types.MethodType, without importing types
+
+    # gc calls hook(phase, info), here getattr(phases, phase, info): C all the way to
+    # the clock's `yield`, so no frame of ours starts outside its try.  "stop" resumes
+    # the clock, once per collection; a finished clock would stay quiet (next()'s default).
+    class Phases:
+        __slots__ = ()
+        start = None
+        stop = property(method(next, clock))
+
+    _collection_hooks.append(method(getattr, Phases()))
+    gc.callbacks.append(_collection_hooks[0])
 
 
-def _after_collection(phase: str, info: "dict[str, int]") -> None:
-    session = _session
-    if session is not None and _monotonic() >= session.due:
-        _checkpoint_due("gc")
+def _collection_clock() -> "Generator[int, None, None]":
+    # A signal handler that raises (Ctrl-C; sys.exit() on SIGTERM) during a collection
+    # or a long C call that collects (ast.parse) runs at the first eval-breaker check of
+    # Python code: here the resume after `yield`, or a back-jump, each inside a try: the
+    # exception is raised again in the program.  Escaped into gc, it would be printed and
+    # lost.  A second handler pending (Ctrl-C and SIGTERM at once) raises at the middle
+    # loop's back-jump, caught by the outer try.  gc never nests collections: a checkpoint
+    # from here that allocates never resumes this generator while it runs.
+    deliver, due, now = _deliver_again, _checkpoint_due, _monotonic  # None at 3.9's teardown
+    interrupted: BaseException | None = None
+    while True:
+        try:
+            while True:
+                if interrupted is not None:
+                    deliver(interrupted)
+                    interrupted = None
+                try:
+                    while True:
+                        yield 0
+                        session = _session
+                        if session is not None and now() >= session.due:
+                            due("gc")
+                except GeneratorExit:  # closed once the callback is released
+                    return
+                except BaseException as exc:
+                    interrupted = exc
+        except GeneratorExit:
+            return
+        except BaseException as exc:
+            interrupted = exc
 
 
 def _checkpoint_due(trigger: str) -> None:
@@ -303,16 +341,25 @@ def _checkpoint_due(trigger: str) -> None:
 
 
 def _deliver_again(exc: BaseException) -> None:
-    # A collection or an IPython event cannot pass an exception on: a Ctrl-C that
-    # arrived during the checkpoint is raised again once it is over (_checkpoint).
+    # After a collection or a cell, where an exception cannot pass: the program's
+    # interrupt (a Ctrl-C, sys.exit() from a signal handler) is raised again at its next
+    # call or return outside popcon-site, by a one-shot profile function (a signal sent
+    # again would run its handler twice).  Under a profiler: SIGINT only.
     try:
-        module = sys.modules.get(__name__ + "._checkpoint")
-        if module is not None:
-            module.deliver_again(exc)
-        elif isinstance(exc, KeyboardInterrupt):
-            import _thread
+        if sys.getprofile() is not None:
+            if isinstance(exc, KeyboardInterrupt):
+                import _thread
 
-            _thread.interrupt_main()
+                _thread.interrupt_main()
+            return
+
+        def raise_outside(frame: "FrameType", event: str, arg: object) -> None:
+            if str(frame.f_globals.get("__name__", "")).startswith(__name__):
+                return
+            sys.setprofile(None)
+            raise exc
+
+        sys.setprofile(raise_outside)
     except BaseException:
         pass
 

@@ -24,8 +24,6 @@ import popcon_site
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from types import FrameType
-
     from popcon_site import Session, _attribution, _report
     from popcon_site._index import SiteIndex
     from popcon_site._report import Config
@@ -276,25 +274,3 @@ def _ipython_starting() -> bool:
     application = sys.modules.get("IPython.core.application")
     app_class = getattr(application, "BaseIPythonApplication", None)
     return getattr(app_class, "_instance", None) is not None
-
-
-def deliver_again(exc: BaseException) -> None:
-    # After a collection or a cell, where an exception cannot pass: the program's
-    # interrupt (a Ctrl-C, sys.exit() from a signal handler) is raised again at its
-    # next call or return outside popcon-site, by a one-shot profile function.  A
-    # signal raised again with _thread.interrupt_main() would run its handler at the
-    # next call of ours instead, where it is lost again.  Under a profiler: SIGINT.
-    if sys.getprofile() is not None:
-        if isinstance(exc, KeyboardInterrupt):
-            import _thread
-
-            _thread.interrupt_main()
-        return
-
-    def raise_outside(frame: "FrameType", event: str, arg: object) -> None:
-        if str(frame.f_globals.get("__name__", "")).startswith("popcon_site"):
-            return
-        sys.setprofile(None)
-        raise exc
-
-    sys.setprofile(raise_outside)
