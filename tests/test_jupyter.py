@@ -220,6 +220,29 @@ def test_a_cell_naming_ipython_counts_it_and_the_loaded_libraries_it_declares(
     assert counted <= like_a_script | declared
 
 
+def user_ipython_dir(
+    tmp_path_factory: pytest.TempPathFactory, files: dict[str, str | bytes], before_ours: bool
+) -> Path:
+    """An IPYTHONDIR whose profile_default/startup/ holds ``files``.  IPython runs every
+    startup directory's files sorted by full path: "a-..." sorts before the environment's
+    directory (".../jupyter0/venv"), "z-..." after."""
+    ipython_dir = tmp_path_factory.mktemp("a-ipython" if before_ours else "z-ipython")
+    startup = ipython_dir / "profile_default" / "startup"
+    startup.mkdir(parents=True)
+    for name, content in files.items():
+        if isinstance(content, bytes):
+            (startup / name).write_bytes(content)
+        else:
+            (startup / name).write_text(content)
+    return ipython_dir
+
+
+def ours_ran_check(marker: Path) -> str:
+    """Code that writes to ``marker`` whether our startup file had run before it."""
+    ran = "str('popcon_site._ipython' in sys.modules)"
+    return f"import sys; open({str(marker)!r}, 'w').write({ran})"
+
+
 @pytest.mark.parametrize("order", ["before", "after"])
 def test_the_users_startup_files_are_the_users_imports(
     jupyter: Env,
@@ -231,16 +254,12 @@ def test_the_users_startup_files_are_the_users_imports(
 ) -> None:
     """~/.ipython/profile_default/startup/ runs before or after our startup file:
     IPython runs every startup directory's files sorted by their full path."""
-    # "a..." sorts before the environment's directory (".../jupyter0/venv"), "z..." after.
-    ipython_dir = tmp_path_factory.mktemp("a-ipython" if order == "before" else "z-ipython")
-    startup = ipython_dir / "profile_default" / "startup"
-    startup.mkdir(parents=True)
     marker = tmp_path / "ours-ran-first"
-    (startup / "00-user.py").write_text(
-        "import sys, arrow\n"
-        f"open({str(marker)!r}, 'w').write(str('popcon_site._ipython' in sys.modules))\n"
-    )
-    (startup / "01-user.ipy").write_text("here = %pwd\nfrom psutil import cpu_count\n")
+    files: dict[str, str | bytes] = {
+        "00-user.py": f"import arrow\n{ours_ran_check(marker)}\n",
+        "01-user.ipy": "here = %pwd\nfrom psutil import cpu_count\n",
+    }
+    ipython_dir = user_ipython_dir(tmp_path_factory, files, before_ours=order == "before")
     run_cell_in_kernel(jupyter, sink, home, tmp_path, "x = 1", ipython_dir)
     assert marker.read_text() == str(order == "after")
     # Not ipython, ipykernel, pyzmq, tornado, traitlets, jupyter-client...
@@ -259,22 +278,16 @@ def test_a_startup_file_in_its_declared_encoding_is_read(
     tmp_path: Path,
 ) -> None:
     """A PEP 263 coding cookie (latin-1 here) is honoured, as Python itself does."""
-    startup = tmp_path_factory.mktemp("z-ipython") / "profile_default" / "startup"
-    startup.mkdir(parents=True)
-    (startup / "00-user.py").write_bytes(
-        b"# -*- coding: latin-1 -*-\n# caf\xe9\nfrom psutil import cpu_count\n"
-    )
-    run_cell_in_kernel(jupyter, sink, home, tmp_path, "x = 1", startup.parent.parent)
+    latin1 = b"# -*- coding: latin-1 -*-\n# caf\xe9\nfrom psutil import cpu_count\n"
+    ipython_dir = user_ipython_dir(tmp_path_factory, {"00-user.py": latin1}, before_ours=False)
+    run_cell_in_kernel(jupyter, sink, home, tmp_path, "x = 1", ipython_dir)
     assert counted_once(sink.drain()) == {"psutil"}
 
 
 def user_startup_file_that_raises(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An IPYTHONDIR whose startup file raises, sorted before ours: ours never runs."""
-    ipython_dir = tmp_path_factory.mktemp("a-ipython")
-    startup = ipython_dir / "profile_default" / "startup"
-    startup.mkdir(parents=True)
-    (startup / "00-user.py").write_text("raise RuntimeError('a broken startup file')\n")
-    return ipython_dir
+    broken = {"00-user.py": "raise RuntimeError('a broken startup file')\n"}
+    return user_ipython_dir(tmp_path_factory, broken, before_ours=True)
 
 
 @pytest.mark.parametrize("cell", ["import yaml", "import arrow"])
@@ -290,10 +303,8 @@ def test_a_user_startup_file_that_raises_still_keeps_the_machinery_out(
     exit report tells the machinery apart all the same."""
     ipython_dir = user_startup_file_that_raises(tmp_path_factory)
     marker = tmp_path / "ours-ran"
-    check = (
-        f"import sys; open({str(marker)!r}, 'w').write(str('popcon_site._ipython' in sys.modules))"
-    )
-    run_cell_in_kernel(jupyter, sink, home, tmp_path, f"{check}\n{cell}", ipython_dir)
+    code = f"{ours_ran_check(marker)}\n{cell}"
+    run_cell_in_kernel(jupyter, sink, home, tmp_path, code, ipython_dir)
     assert marker.read_text() == "False"  # our startup file did not run
     counted = counted_once(sink.drain())
     # Not ipython, ipykernel, pyzmq, tornado, traitlets, jupyter-client, psutil...
@@ -325,10 +336,8 @@ def test_a_kernels_fork_child_counts_only_its_own_imports(
     tmp_path: Path,
 ) -> None:
     """What the kernel's user code imported (startup file, cells) is the child's baseline."""
-    ipython_dir = tmp_path_factory.mktemp("a-ipython")  # the user's file runs before ours
-    startup = ipython_dir / "profile_default" / "startup"
-    startup.mkdir(parents=True)
-    (startup / "00-user.py").write_text("import arrow, psutil\n")
+    files: dict[str, str | bytes] = {"00-user.py": "import arrow, psutil\n"}
+    ipython_dir = user_ipython_dir(tmp_path_factory, files, before_ours=True)
     cell = textwrap.dedent("""\
         import multiprocessing
 
