@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from support.envs import HANG_PTH, Env, enabled, make_env
+from support.envs import Env, enabled, make_env
 from support.sinks import UdpSink
 from support.wire import libraries
 
@@ -264,24 +264,15 @@ def test_checkpoints_use_a_cached_answer(env: Env, sink: UdpSink, home: Path) ->
     assert libraries(sink.lines()) == {"six"}, "sent by a checkpoint, before the kill"
 
 
-@pytest.fixture(scope="module")
-def hang_env(tmp_path_factory: pytest.TempPathFactory, wheel: Path) -> Env:
-    """Its lookup child never answers (sleeps 5 s): see HANG_PTH."""
-    env = make_env(tmp_path_factory.mktemp("hang") / "venv")
-    env.install(str(wheel), "six")
-    (env.site_packages / "00_hanging_resolver.pth").write_text(HANG_PTH)
-    return env
-
-
 def test_the_lookup_child_holds_none_of_the_programs_files(
-    hang_env: Env, sink: UdpSink, home: Path
+    hanging_resolver_env: Env, sink: UdpSink, home: Path
 ) -> None:
     """Whoever waits for the program's output, or for EOF on a pipe it inherited, hears
     of its exit at once, not when the lookup child it left behind ends."""
     reader, writer = os.pipe()
     started = time.monotonic()
     proc = subprocess.Popen(
-        [str(hang_env.python), "-c", "import six"],
+        [str(hanging_resolver_env.python), "-c", "import six"],
         env=enabled(sink, home, PYTHON_POPCONTEST_STATSD_HOST=HOST),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from support.envs import HANG_PTH, Env, base_environ, enabled, make_env
+from support.envs import Env, base_environ, enabled, make_env
 from support.ports import free_port
 from support.sinks import TcpCollector, UdpSink
 from support.wire import libraries
@@ -22,15 +22,6 @@ from support.wire import libraries
 def env(tmp_path_factory: pytest.TempPathFactory, wheel: Path) -> Env:
     env = make_env(tmp_path_factory.mktemp("safety") / "venv")
     env.install(str(wheel), "six")
-    return env
-
-
-@pytest.fixture(scope="module")
-def hanging_resolver_env(tmp_path_factory: pytest.TempPathFactory, wheel: Path) -> Env:
-    """An environment whose resolver never answers (patched before popcon-site starts)."""
-    env = make_env(tmp_path_factory.mktemp("hang") / "venv")
-    env.install(str(wheel), "six")
-    (env.site_packages / "00_hanging_resolver.pth").write_text(HANG_PTH)
     return env
 
 
