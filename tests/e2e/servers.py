@@ -338,6 +338,24 @@ def substitute(text: str, replacements: dict[str, str]) -> str:
     return text
 
 
+# -- Debian sid's servers (Prometheus 3, VictoriaMetrics 1.145), from the chroot ----------
+
+SID_ROOT = Path(os.environ.get("POPCON_SID_ROOT", "/var/tmp/popcon-sid"))
+
+
+def sid_binary(name: str) -> str:
+    """A server binary of the sid chroot (`nox -s tests_sid` or `e2e` makes it); these
+    Go binaries need only the host's libc, so they run outside the chroot.  Missing:
+    the test is skipped, except under CI=true (fails)."""
+    path = SID_ROOT / "usr" / "bin" / name
+    if not os.access(path, os.X_OK):
+        reason = f"{path} is missing: nox -s e2e installs it in the Debian sid chroot"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return str(path)
+
+
 # -- Prometheus ----------------------------------------------------------------------------
 
 
@@ -383,20 +401,22 @@ class Prometheus(QueryAPI, Server):
     """Prometheus from Debian with the given configuration and the shipped arguments
     (default_args), on a free loopback port; the configuration must pass promtool."""
 
-    def __init__(self, workdir: Path, config: dict[str, Any]) -> None:
+    def __init__(
+        self, workdir: Path, config: dict[str, Any], binary: str = "", name: str = "prometheus"
+    ) -> None:
         import yaml
 
         self.port = free_port()
-        self.config = workdir / "prometheus.yml"
+        self.config = workdir / f"{name}.yml"
         self.config.write_text(yaml.safe_dump(config, sort_keys=False))
         argv = [
-            need("prometheus"),
+            binary or need("prometheus"),
             f"--config.file={self.config}",
-            f"--storage.tsdb.path={workdir / 'data'}",
+            f"--storage.tsdb.path={workdir / (name + '-data')}",
             f"--web.listen-address=127.0.0.1:{self.port}",
             *default_args(),
         ]
-        super().__init__("prometheus", argv, workdir)
+        super().__init__(name, argv, workdir)
 
     def start(self) -> None:
         check = subprocess.run(
@@ -422,10 +442,10 @@ class Prometheus(QueryAPI, Server):
 class VictoriaMetrics(QueryAPI, Server):
     """VictoriaMetrics from Debian: samples visible at once, no result cache (for tests)."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, binary: str = "") -> None:
         self.port = free_port()
         argv = [
-            need("victoria-metrics"),
+            binary or need("victoria-metrics"),
             f"-storageDataPath={workdir / 'victoria-metrics'}",
             f"-httpListenAddr=127.0.0.1:{self.port}",
             "-retentionPeriod=100y",

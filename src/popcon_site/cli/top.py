@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from popcon_site.cli._output import EXIT_OK, CommandError, bar, can_draw_blocks, print_json, table
-from popcon_site.cli._prometheus import Query, add_query_arguments
+from popcon_site.cli._prometheus import Query, add_query_arguments, warn
 
 HELP = "libraries by number of processes that imported them"
 
@@ -25,6 +25,8 @@ def run(args: argparse.Namespace) -> int:
     if reports <= 0:
         query.no_reports()
     used = query.libraries()
+    store = query.store()
+    warnings = query.warnings(store)
     ranked = sorted(
         ((name, n) for name, n in used.items() if n > 0), key=lambda item: (-item[1], item[0])
     )
@@ -33,16 +35,25 @@ def run(args: argparse.Namespace) -> int:
         {
             "rank": i,
             "library": name,
-            "processes": round(n, 3),
+            "processes": round(n),
             "share": round(n / reports, 6),
         }
         for i, (name, n) in enumerate(shown, 1)
     ]
     if args.json:
         print_json(
-            {**query.as_json(), "reports": round(reports, 3), "libraries": len(ranked), "top": rows}
+            {
+                **query.as_json(),
+                "store": store.name,
+                "warnings": warnings,
+                "reports": round(reports),
+                "libraries": len(ranked),
+                "top": rows,
+            }
         )
+        warn(warnings)
         return EXIT_OK
+    warn(warnings)
     print(
         f"Libraries by processes that imported them {query.describe()} "
         f"({round(reports):,} processes reported)"

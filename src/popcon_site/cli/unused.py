@@ -8,7 +8,7 @@ import sys
 from popcon_site._attribution import OWN_DISTRIBUTION
 from popcon_site._installed import environment_site_dirs, installed_distributions
 from popcon_site.cli._output import EXIT_OK, print_json, size, table
-from popcon_site.cli._prometheus import LIBRARY_METRIC, Query, add_query_arguments
+from popcon_site.cli._prometheus import LIBRARY_METRIC, Query, add_query_arguments, warn
 
 HELP = "installed distributions no process imported in the window, largest first"
 
@@ -23,6 +23,12 @@ def run(args: argparse.Namespace) -> int:
     if reports <= 0:
         query.no_reports()
     used = query.libraries()
+    # Err on the side of "used": a series on an exporter (re)started in the window was
+    # incremented in it, even where the store cannot count that increment.
+    for name in query.restarted_exporters_libraries():
+        used[name] = max(used.get(name, 0.0), 1.0)
+    store = query.store()
+    warnings = query.warnings(store)
     if not used:
         print(
             f"popcon-site: warning: processes reported, but {LIBRARY_METRIC} has no series "
@@ -64,14 +70,18 @@ def run(args: argparse.Namespace) -> int:
         print_json(
             {
                 **query.as_json(),
-                "reports": round(reports, 3),
+                "store": store.name,
+                "warnings": warnings,
+                "reports": round(reports),
                 "installed": len(installed),
                 "site_dirs": site_dirs,
                 "unused": rows,
                 "unused_bytes": total,
             }
         )
+        warn(warnings)
         return EXIT_OK
+    warn(warnings)
     print(
         f"{len(unused)} of {len(installed)} installed distributions were imported by no "
         f"process {query.describe()} ({round(reports):,} processes reported)"
