@@ -767,6 +767,7 @@ def test_every_command_works_without_root(public: Env, sink: UdpSink) -> None:
 T0 = 1_700_000_000.0  # the last sample; queries are evaluated here (--at)
 STEP = 600.0
 STEPS = 144  # one day of samples, every 10 minutes
+WINDOW = 30 * 86400.0  # the commands' default --window
 
 
 def ramp(total: int, reset_after: int | None = None) -> list[tuple[float, float]]:
@@ -801,11 +802,12 @@ def history() -> list[promserver.Series]:
         ),
         (used, {**hub, "instance": "b", "library": "six"}, ramp(50)),
         (used, {**hub, "instance": "b", "library": "numpy"}, ramp(200)),  # not installed here
-        # Reported before the day began, not since: a flat series.
+        # Reported before the window began, not since: a flat series whose value at the
+        # window's start (a sample a minute before it) is its value all along.
         (
             used,
             {**hub, "instance": "a", "library": "python-dateutil"},
-            [(t, 7.0) for t, _ in ramp(0)],
+            [(T0 - WINDOW - 60, 7.0)] + [(t, 7.0) for t, _ in ramp(0)],
         ),
         (reports, {"namespace": "other", "instance": "c"}, ramp(100)),
         (used, {"namespace": "other", "instance": "c", "library": "attrs"}, ramp(100)),

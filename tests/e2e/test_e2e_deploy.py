@@ -113,7 +113,7 @@ def test_helm_values_embed_the_same_mapping() -> None:
 
 
 def test_recording_rules_pass_promtool_check_and_their_unit_tests() -> None:
-    assert "SUCCESS: 5 rules found" in promtool("check", "rules", str(RULES))
+    assert "SUCCESS: 7 rules found" in promtool("check", "rules", str(RULES))
     assert "SUCCESS" in promtool("test", "rules", "popcon-site.rules.test.yml", cwd=RULES.parent)
 
 
@@ -494,3 +494,36 @@ def test_deploy_readme_describes_every_shipped_file() -> None:
         if path.is_file() and path.name != "README.md":
             relative = str(path.relative_to(DEPLOY))
             assert relative in readme, f"deploy/README.md does not mention {relative}"
+
+
+def test_rules_and_dashboard_count_as_the_commands_do() -> None:
+    """The recording rules and every dashboard count use the commands' exact expression
+    (cli/_prometheus.py count_in), not increase(), which misses a series' first count."""
+    from popcon_site.cli._prometheus import count_in
+
+    rules = {
+        rule.get("record") or rule.get("alert"): rule["expr"]
+        for group in load_yaml(RULES)["groups"]
+        for rule in group["rules"]
+    }
+    used, reports = "python_popcon_library_used", "python_popcon_reports"
+    assert rules["hub_namespace_library:python_popcon_library_used:increase30d"] == count_in(
+        used, "30d", "hub_namespace, library"
+    )
+    assert rules["hub_namespace:python_popcon_reports:increase30d"] == count_in(
+        reports, "30d", "hub_namespace"
+    )
+    assert rules["hub_namespace:python_popcon_reports:increase1d"] == count_in(
+        reports, "1d", "hub_namespace"
+    )
+    selector = '{hub_namespace=~"$hub_namespace"}'
+    exprs = [
+        target["expr"]
+        for panel in json.loads(DASHBOARD.read_text())["panels"]
+        for target in panel.get("targets", [])
+    ]
+    for expr in exprs:
+        assert "increase(" not in expr.replace("round(increase(", ""), expr
+    joined = "\n".join(exprs)
+    assert count_in(used + selector, "$__range", "library") in joined
+    assert count_in(reports + selector, "$__range") in joined

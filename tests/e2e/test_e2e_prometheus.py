@@ -8,11 +8,10 @@ changed for the test.  Every PromQL expression of the shipped Grafana dashboard
 is run against this Prometheus.
 
 Processes report in two waves: the first creates every series and is scraped
-before the second starts.  Prometheus never sees the increase from "no series"
-to a series' first sample, so windowed queries (increase) count the second wave
-(or slightly more, by extrapolation), while the raw counters count both.  Exact
-values of the windowed expressions are checked with promtool on synthetic data in
-test_e2e_deploy.py.
+before the second starts.  The windowed counts (the recording rules, the dashboard,
+`top`) must count both waves exactly: a series' first sample is counted from 0
+(increase() never saw it).  Values of the windowed expressions on synthetic data
+are checked with promtool in test_e2e_deploy.py.
 """
 
 from __future__ import annotations
@@ -154,9 +153,8 @@ def run_waves(env: Env, home: Path, collectd: Collectd, prometheus: Prometheus) 
         lambda: used_now(prometheus) == both, "Prometheus to scrape the second wave", 30, prometheus
     )
     # The recording rules run every second; wait for one evaluation after the last scrape.
-    wave2 = used_by_namespace(DEFAULT_WAVE2, NS_WAVE2)
     wait_for(
-        lambda: rules_caught_up(prometheus, wave2),
+        lambda: recorded_increase(prometheus) == both,
         "the recording rules to evaluate the second wave",
         30,
         prometheus,
@@ -168,11 +166,6 @@ def recorded_increase(prometheus: Prometheus) -> dict[tuple[str, str], float]:
     return prometheus.values(
         "hub_namespace_library:python_popcon_library_used:increase30d", "hub_namespace", "library"
     )
-
-
-def rules_caught_up(prometheus: Prometheus, wave2: dict[tuple[str, str], int]) -> bool:
-    used = recorded_increase(prometheus)
-    return set(used) == set(wave2) and all(used[key] >= n for key, n in wave2.items())
 
 
 def used_by_namespace(
@@ -307,15 +300,19 @@ def test_relabelling_gives_what_the_real_statsd_exporter_gives(
 
 def test_recording_rules_load_and_evaluate(pipeline: Pipeline) -> None:
     prometheus = pipeline.prometheus
-    (group,) = prometheus.api("rules")["groups"]
-    assert group["name"] == "popcon-site"
-    assert [rule["health"] for rule in group["rules"]] == ["ok"] * 5, group["rules"]
+    group, alerts = prometheus.api("rules")["groups"]
+    assert (group["name"], alerts["name"]) == ("popcon-site", "popcon-site-alerts")
+    assert [rule["health"] for rule in group["rules"]] == ["ok"] * 6, group["rules"]
+    assert [(r["name"], r["health"], r["state"]) for r in alerts["rules"]] == [
+        ("PopconSiteReportsStopped", "ok", "inactive")
+    ]
 
-    used = recorded_increase(prometheus)
-    wave2 = used_by_namespace(DEFAULT_WAVE2, NS_WAVE2)
-    assert set(used) == set(wave2)
-    for key, value in used.items():
-        assert value >= wave2[key], (key, value)  # extrapolation only adds
+    # Both waves, exactly: the first wave's imports created the series.
+    both = used_by_namespace(DEFAULT_WAVE1, NS_WAVE1)
+    for key, n in used_by_namespace(DEFAULT_WAVE2, NS_WAVE2).items():
+        both[key] = both.get(key, 0) + n
+    assert recorded_increase(prometheus) == both
+    wave2 = both
 
     privacy = prometheus.values(
         "hub_namespace_library:python_popcon_library_used:increase30d_min10",
@@ -407,7 +404,7 @@ def test_dashboard_variable_lists_the_hub_namespaces(pipeline: Pipeline) -> None
 
 
 def test_reports_are_counted_once_per_process(pipeline: Pipeline) -> None:
-    """Panel 1's live value: every reporting process of the second wave, at least."""
+    """Panel 1's live value: every reporting process of both waves, exactly."""
     (expr,) = [target["expr"] for panel, _, target in dashboard_targets() if panel == 1]
     value = pipeline.prometheus.values(expand(expr, ".*"))[()]
-    assert value >= processes(DEFAULT_WAVE2, NS_WAVE2)
+    assert value == processes(DEFAULT_WAVE1, DEFAULT_WAVE2, NS_WAVE1, NS_WAVE2)

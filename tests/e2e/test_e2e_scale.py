@@ -370,7 +370,15 @@ def test_top_and_unused_answer_the_same_from_both_stores(
 ) -> None:
     for command in ("top", "unused"):
         from_prometheus = cli(e2e_env, command, stores.prometheus, namespace)
-        assert cli(e2e_env, command, stores.vm, namespace) == from_prometheus, command
+        from_vm = cli(e2e_env, command, stores.vm, namespace)
+        # What differs: the store's name, and that Debian 12's Prometheus says it cannot
+        # see a restarted series' first count (VictoriaMetrics counts it).
+        assert from_prometheus.pop("store").startswith("Prometheus 2.")
+        assert from_vm.pop("store") == "VictoriaMetrics"
+        (note,) = from_prometheus.pop("warnings")
+        assert "does not ingest created timestamps" in note
+        assert from_vm.pop("warnings") == []
+        assert from_vm == from_prometheus, command
         if command == "top":
             reports, used = expected_top(namespace)
             assert from_prometheus["reports"] == reports
@@ -385,11 +393,13 @@ def test_top_and_unused_answer_the_same_from_both_stores(
                 assert "zope-interface" in unused  # imported, but not in the last 30 days
 
 
-def test_a_series_born_inside_the_window_counts_differently(stores: Stores, e2e_env: Env) -> None:
-    """MetricsQL counts a new series' first value; Prometheus extrapolates towards it."""
+def test_a_series_born_inside_the_window_counts_the_same_in_both_stores(
+    stores: Stores, e2e_env: Env
+) -> None:
+    """A new series' first value counts in full in both stores (increase() in Prometheus
+    extrapolated towards it: between 116 and 124 here, for 124 processes)."""
     from_prometheus = cli(e2e_env, "top", stores.prometheus, BORN_LATE)["top"]
     from_vm = cli(e2e_env, "top", stores.vm, BORN_LATE)["top"]
-    first, last = 4.0, 4.0 + 5 * 24
+    last = 4 + 5 * 24
     assert [row["processes"] for row in from_vm] == [last]  # the whole counter
-    (row,) = from_prometheus
-    assert last - first < row["processes"] < last, row
+    assert [row["processes"] for row in from_prometheus] == [last]

@@ -53,15 +53,17 @@ def count_expr(metric: str, matchers: str, seconds: float, by: str = "") -> str:
     series' created timestamp (Prometheus 3 with created-timestamp-zero-ingestion,
     VictoriaMetrics fed by it), short by a restarted series' first count otherwise.
     """
-    window = f"{round(seconds * 1000)}ms"
-    with_baseline = f"{round((seconds + LOOKBACK_SECONDS) * 1000)}ms"
-    series = f"{metric}{matchers}"
+    return count_in(f"{metric}{matchers}", f"{round(seconds * 1000)}ms", by)
+
+
+def count_in(series: str, window: str, by: str = "") -> str:
+    """count_expr for a selector and a PromQL window (``30d``, Grafana's ``$__range``);
+    deploy/prometheus/popcon-site.rules.yml and the Grafana dashboard spell it out."""
+    base = f"last_over_time({series}[{LOOKBACK_SECONDS // 60}m] offset {window})"
     last = f"max_over_time({series}[{window}])"
-    start = f"last_over_time({series}[{LOOKBACK_SECONDS}s] offset {window})"
-    exact = f"{last} - ({start} or {last} * 0)"
+    reset = f"resets({series}[{window}]) > 0 or min_over_time({series}[{window}]) < {base}"
     per_series = (
-        f"({exact} unless resets({series}[{with_baseline}]) > 0) "
-        f"or round(increase({series}[{window}]))"
+        f"({last} - ({base} or {last} * 0) unless ({reset})) or round(increase({series}[{window}]))"
     )
     return f"sum by ({by}) ({per_series})" if by else f"sum({per_series})"
 
