@@ -19,13 +19,16 @@ on stderr, and `unused` still calls the library used.
 
 from __future__ import annotations
 
+import calendar
 import json
+import re
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import promserver
 import pytest
 import yaml
 from servers import DEPLOY, Prometheus, StatsdExporter, VictoriaMetrics, sid_binary, wait_for
@@ -229,3 +232,70 @@ def test_counts_are_exact_at_start_after_a_restart_and_a_ttl_expiry(
 def exporter_has(exporter: StatsdExporter, library: str) -> bool:
     samples = exporter.samples("python_popcon_library_used")
     return any(("library", library) in labels for _, labels in samples)
+
+
+# -- silences: a collection that stops is noticed ------------------------------------------
+
+HOUR = 3600.0
+END = (time.time() // HOUR - 1) * HOUR  # the last sample; `--at` here
+
+
+def hourly_reports(hub: str, per_hour: Callable[[int], int], hours: range) -> Any:
+    """A reports counter sampled hourly over the last 30 days, for ``hours`` only."""
+    samples, value = [], 0.0
+    for hour in range(30 * 24 + 1):
+        value += per_hour(hour)
+        if hour in hours:
+            samples.append((END - (30 * 24 - hour) * HOUR, value))
+    return ("python_popcon_reports", {"hub_namespace": hub, "instance": "a:9102"}, samples)
+
+
+@pytest.fixture(scope="module")
+def silent_history(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    every = range(30 * 24 + 1)
+    history = [
+        # Reports every working hour, none at night or at weekends: no silence to report.
+        hourly_reports("steady", lambda h: int(8 <= h % 24 < 18 and h // 24 % 7 < 5), every),
+        # The hub's processes stopped reporting on day 10 and came back on day 20: its
+        # exporter kept running, so the counter is flat for ten days.
+        hourly_reports("flat", lambda h: int(not 240 <= h < 480), every),
+        # The exporter went away on day 22 and nothing reported since.
+        hourly_reports("stopped", lambda h: 1, range(22 * 24)),
+    ]
+    with promserver.prometheus(tmp_path_factory.mktemp("silences"), history) as url:
+        yield url
+
+
+@pytest.mark.parametrize(
+    ("hub", "silences"),
+    [("steady", []), ("flat", [(10, 20)]), ("stopped", [(22, 30)])],
+)
+def test_top_warns_of_a_silence_in_its_window(
+    silent_history: str, e2e_env: Env, hub: str, silences: list[tuple[int, int]]
+) -> None:
+    argv = [str(e2e_env.root / "bin" / "popcon-site"), "top", "--json"]
+    argv += ["--prometheus", silent_history, "--at", f"{END:.0f}"]
+    argv += ["--selector", f'hub_namespace="{hub}"']
+    proc = subprocess.run(argv, capture_output=True, text=True, env=base_environ())
+    assert proc.returncode == 0, proc.stderr
+    warnings = json.loads(proc.stdout)["warnings"]
+    said = [w for w in warnings if w.startswith("no process reported from")]
+    start = END - 30 * 86400
+
+    def day(text: str) -> float:
+        when = calendar.timegm(time.strptime(text, "%Y-%m-%d %H:%M:%S UTC"))
+        return round((when - start) / 86400, 1)
+
+    found = []
+    for line in said:
+        first, last = re.findall(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", line)
+        found.append((day(first), day(last)))
+    # The window is read in 24 slices of 1.25 days: a silence is reported to the slice.
+    assert len(found) == len(silences), said
+    for (first, last), (begin, end) in zip(found, silences):
+        assert begin <= first <= begin + 1.25 and end - 1.25 <= last <= end, said
+    # The stderr of the text output says the same, one line each.
+    text = subprocess.run(argv[:2] + argv[3:], capture_output=True, text=True, env=base_environ())
+    assert [line for line in text.stderr.splitlines() if "no process reported" in line] == [
+        f"popcon-site: warning: {line}" for line in said
+    ]
