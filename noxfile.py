@@ -115,7 +115,10 @@ def _ensure_sid(session: nox.Session) -> None:
     """A minimal Debian sid with python3.14 and python3.15 (about a minute the first time)."""
     ready = [SID_ROOT / f"usr/include/python{v}/Python.h" for v in SID_PYTHONS]
     ready.append(SID_ROOT / "usr/lib/python3/dist-packages/yaml/__init__.py")
-    if all(path.exists() for path in ready) and (SID_ROOT / "usr/bin/prometheus").exists():
+    # Prometheus 3 and VictoriaMetrics 1.145 for the e2e exact-count tests (e2e runs them
+    # from the host: Go binaries that need only libc).
+    ready += [SID_ROOT / "usr/bin/prometheus", SID_ROOT / "usr/bin/victoria-metrics"]
+    if all(path.exists() for path in ready):
         return
     if not shutil.which("debootstrap"):
         session.run("apt-get", "update", "-qq", external=True)
@@ -129,7 +132,8 @@ def _ensure_sid(session: nox.Session) -> None:
     policy.chmod(0o755)
     # A compiler and headers: not every test dependency has wheels for a new Python yet.
     # Debian's own python3 with apt-installed libraries: tests/test_debian_system.py.
-    packages = "gcc libc6-dev prometheus python3-pip python3-yaml python3-numpy python3-requests "
+    packages = "gcc libc6-dev prometheus victoria-metrics "
+    packages += "python3-pip python3-yaml python3-numpy python3-requests "
     packages += " ".join(f"python{v} python{v}-venv python{v}-dev" for v in SID_PYTHONS)
     session.run(
         "chroot",
@@ -202,12 +206,15 @@ E2E_NODE = ROOT / ".nox" / "e2e-node"
 
 @nox.session
 def e2e(session: nox.Session) -> None:
-    """Real processes -> the statsd daemon, collectd and statsd_exporter -> Prometheus; deploy/.
+    """Real processes -> the statsd daemon, collectd and statsd_exporter -> Prometheus 2.42
+    and 3 and VictoriaMetrics (the last two from the Debian sid chroot); deploy/.
 
     statsd_exporter comes from $POPCON_STATSD_EXPORTER (.ci/run sets it); without it
     those tests are skipped, and under CI=true they fail.
     """
     _ensure_debs(session, E2E_DEBS)
+    if os.geteuid() == 0:  # Prometheus 3 and VictoriaMetrics 1.145 (tests/e2e/test_e2e_exact.py)
+        _ensure_sid(session)
     if not (E2E_NODE / "node_modules" / "statsd" / "stats.js").is_file():
         if not shutil.which("npm"):
             session.error("npm is needed to install the statsd daemon")
