@@ -1,0 +1,280 @@
+"""``popcon-site serve``: a statsd collector, a durable store and a page, in one process.
+
+One thread reads UDP datagrams and TCP streams (``selectors``) and commits what it
+counted at least once a second (``FLUSH_INTERVAL``); the page runs in a second
+thread (``http.server``) and reads the store through its own connections.  The
+standard library only: ``sqlite3``, ``selectors``, ``socket``, ``http.server``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import selectors
+import signal
+import socket
+import sys
+import threading
+import time
+from types import FrameType
+
+from popcon_site import split_host_port
+from popcon_site.cli._collector import (
+    DEFAULT_MAX_NEW_NAMES,
+    INTERNAL_ERROR,
+    MAX_LINE,
+    Collector,
+)
+from popcon_site.cli._output import EXIT_OK, CommandError, print_json
+from popcon_site.cli._store import SCHEMA_VERSION, StoreError, Writer, connect
+
+HELP = "collect the counters in a local store and show them on a page (no other server needed)"
+
+DEFAULT_STATSD = "127.0.0.1:8125"
+DEFAULT_HTTP = "127.0.0.1:8080"
+FLUSH_INTERVAL = 0.5  # seconds between commits: a SIGKILL loses at most this much
+LOG_INTERVAL = 60.0  # seconds between two log lines about refused input
+MAX_CONNECTIONS = 256  # TCP connections open at once; more are closed at once
+IDLE_TIMEOUT = 30.0  # seconds a TCP connection may stay silent
+_BURST = 256  # datagrams read per wake-up before the loop checks the clock
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--db", required=True, metavar="PATH", help="the store (SQLite file)")
+    parser.add_argument(
+        "--statsd",
+        default=DEFAULT_STATSD,
+        metavar="HOST:PORT",
+        help=f"where to receive statsd lines, UDP and TCP (default: {DEFAULT_STATSD})",
+    )
+    parser.add_argument(
+        "--http",
+        default=DEFAULT_HTTP,
+        metavar="HOST:PORT",
+        help=f"where to serve the page (default: {DEFAULT_HTTP})",
+    )
+    parser.add_argument(
+        "--max-new-names",
+        type=int,
+        default=DEFAULT_MAX_NEW_NAMES,
+        metavar="N",
+        help="new library and namespace names accepted per UTC day "
+        f"(default: {DEFAULT_MAX_NEW_NAMES}); lines with more are refused",
+    )
+
+
+def address(raw: str, option: str) -> tuple[str, int]:
+    host, port_text = split_host_port(raw)
+    if not host or port_text is None or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise CommandError(f"{option} {raw!r} must be HOST:PORT (e.g. 127.0.0.1:8125)")
+    return host, int(port_text)
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def _bind(kind: socket.SocketKind, where: tuple[str, int], option: str) -> socket.socket:
+    sock = socket.socket(_family(where[0]), kind)
+    try:
+        if kind == socket.SOCK_STREAM:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(where)
+        if kind == socket.SOCK_STREAM:
+            sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        proto = "TCP" if kind == socket.SOCK_STREAM else "UDP"
+        raise CommandError(
+            f"cannot listen on {option} {where[0]}:{where[1]} ({proto}): {exc.strerror or exc}"
+        ) from None
+    sock.setblocking(False)
+    return sock
+
+
+def log(message: str) -> None:
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    print(f"{stamp} popcon-site serve: {message}", file=sys.stderr, flush=True)
+
+
+class _Stream:
+    """One TCP connection: bytes not yet split into lines."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buffer = b""
+        self.skipping = False  # inside a line already refused as too long
+        self.last = time.monotonic()
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.max_new_names < 0:
+        raise CommandError("--max-new-names must be 0 or more")
+    statsd_at = address(args.statsd, "--statsd")
+    http_at = address(args.http, "--http")
+    try:
+        db = connect(args.db, write=True)
+    except StoreError as exc:
+        raise CommandError(str(exc)) from None
+    writer = Writer(db)
+    collector = Collector(writer, args.max_new_names)
+    udp = _bind(socket.SOCK_DGRAM, statsd_at, "--statsd")
+    tcp = _bind(socket.SOCK_STREAM, statsd_at, "--statsd")
+
+    from popcon_site.cli._page import start_http
+
+    try:
+        httpd = start_http(http_at, args.db)
+    except OSError as exc:
+        raise CommandError(
+            f"cannot listen on --http {http_at[0]}:{http_at[1]}: {exc.strerror or exc}"
+        ) from None
+    stopping = threading.Event()
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    host, port = str(http_at[0]), int(httpd.server_address[1])
+    page = f"http://{host if ':' not in host else f'[{host}]'}:{port}/"
+    started = {
+        "db": args.db,
+        "schema_version": SCHEMA_VERSION,
+        "statsd": f"{statsd_at[0]}:{statsd_at[1]}",
+        "protocols": ["udp", "tcp"],
+        "http": page,
+        "max_new_names": args.max_new_names,
+    }
+    if args.json:
+        print_json(started)
+    else:
+        print(
+            f"popcon-site serve: store {args.db} (schema {SCHEMA_VERSION}); statsd UDP and TCP "
+            f"on {started['statsd']}; page {page}",
+            flush=True,
+        )
+    sys.stdout.flush()
+    try:
+        _loop(udp, tcp, writer, collector, stopping)
+    finally:
+        httpd.shutdown()
+        writer.flush()
+        db.close()
+        udp.close()
+        tcp.close()
+    log(f"stopped: {collector.accepted} lines counted, {sum(collector.refused.values())} refused")
+    return EXIT_OK
+
+
+def _loop(
+    udp: socket.socket,
+    tcp: socket.socket,
+    writer: Writer,
+    collector: Collector,
+    stopping: threading.Event,
+) -> None:
+    selector = selectors.DefaultSelector()
+    selector.register(udp, selectors.EVENT_READ, "udp")
+    selector.register(tcp, selectors.EVENT_READ, "listen")
+    streams: dict[int, _Stream] = {}
+    next_flush = time.monotonic() + FLUSH_INTERVAL
+    next_log = 0.0
+    logged = 0
+    while not stopping.is_set():
+        timeout = max(0.0, min(next_flush - time.monotonic(), FLUSH_INTERVAL))
+        for key, _ in selector.select(timeout):
+            try:
+                if key.data == "udp":
+                    _read_udp(udp, collector)
+                elif key.data == "listen":
+                    _accept(tcp, selector, streams)
+                else:
+                    _read_stream(streams[key.fd], selector, streams, collector)
+            except Exception as exc:  # no known input gets here; a server keeps running
+                log(f"error while reading ({type(exc).__name__}: {exc}); input refused")
+                collector.refuse(INTERNAL_ERROR)
+        now = time.monotonic()
+        if now >= next_flush:
+            try:
+                writer.flush()
+            except Exception as exc:  # a full disk: keep counting, retry at the next tick
+                log(f"cannot commit to the store, will retry: {exc}")
+            next_flush = now + FLUSH_INTERVAL
+            for stream in [s for s in streams.values() if now - s.last > IDLE_TIMEOUT]:
+                _close(stream, selector, streams)
+            refused = sum(collector.refused.values())
+            if refused != logged and now >= next_log:
+                reasons = ", ".join(f"{n} {r}" for r, n in sorted(collector.refused.items()))
+                log(f"refused {refused} items since start ({reasons})")
+                logged, next_log = refused, now + LOG_INTERVAL
+    for stream in list(streams.values()):
+        _close(stream, selector, streams)
+    selector.close()
+
+
+def _read_udp(udp: socket.socket, collector: Collector) -> None:
+    for _ in range(_BURST):
+        try:
+            data = udp.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:  # e.g. ICMP errors reported on the socket: nothing to read
+            return
+        collector.datagram(data)
+
+
+def _accept(
+    tcp: socket.socket, selector: selectors.BaseSelector, streams: dict[int, _Stream]
+) -> None:
+    try:
+        conn, _ = tcp.accept()
+    except OSError:
+        return
+    if len(streams) >= MAX_CONNECTIONS:
+        conn.close()
+        return
+    conn.setblocking(False)
+    stream = _Stream(conn)
+    streams[conn.fileno()] = stream
+    selector.register(conn, selectors.EVENT_READ, "stream")
+
+
+def _read_stream(
+    stream: _Stream,
+    selector: selectors.BaseSelector,
+    streams: dict[int, _Stream],
+    collector: Collector,
+) -> None:
+    try:
+        chunk = stream.sock.recv(65536)
+    except (BlockingIOError, InterruptedError):
+        return
+    except OSError:
+        chunk = b""
+    stream.last = time.monotonic()
+    if not chunk:  # the client closed: its last line may lack a newline
+        if stream.buffer and not stream.skipping:
+            collector.line(stream.buffer)
+        _close(stream, selector, streams)
+        return
+    *lines, rest = (stream.buffer + chunk).split(b"\n")
+    for line in lines:
+        if stream.skipping:
+            stream.skipping = False  # the end of a line already refused
+            continue
+        collector.line(line)
+    if len(rest) > MAX_LINE:
+        if not stream.skipping:
+            collector.line(rest)  # refused as too large, once
+        stream.skipping = True
+        rest = b""
+    stream.buffer = rest
+
+
+def _close(stream: _Stream, selector: selectors.BaseSelector, streams: dict[int, _Stream]) -> None:
+    streams.pop(stream.sock.fileno(), None)
+    try:
+        selector.unregister(stream.sock)
+    except (KeyError, ValueError):
+        pass
+    stream.sock.close()
