@@ -1,5 +1,6 @@
 """The store of ``serve``: exact counts per UTC day, namespace and library, in SQLite.
 
+Needs SQLite 3.24 or later (upserts; Python's own builds have had it since 2018).
 One file, written by one ``serve`` process and read by any number of others
 (``top --db``, ``unused --db``, the page): WAL mode, so readers never wait for the
 writer and never see half a commit.  Days are whole UTC days, stored as the number
@@ -197,17 +198,18 @@ class Writer:
         try:
             db.executemany("INSERT INTO names VALUES (?, ?, ?, ?)", self.new_names)
             db.executemany(
-                "INSERT INTO library_used VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE "
+                "INSERT INTO library_used VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (day, namespace, library) DO UPDATE "
                 "SET processes = processes + excluded.processes",
                 [(*key, n) for key, n in self.used.items()],
             )
             db.executemany(
-                "INSERT INTO reports VALUES (?, ?, ?) ON CONFLICT DO UPDATE "
+                "INSERT INTO reports VALUES (?, ?, ?) ON CONFLICT (day, namespace) DO UPDATE "
                 "SET processes = processes + excluded.processes",
                 [(*key, n) for key, n in self.reports.items()],
             )
             db.executemany(
-                "INSERT INTO refused VALUES (?, ?, ?) ON CONFLICT DO UPDATE "
+                "INSERT INTO refused VALUES (?, ?, ?) ON CONFLICT (day, reason) DO UPDATE "
                 "SET items = items + excluded.items",
                 [(*key, n) for key, n in self.refused.items()],
             )

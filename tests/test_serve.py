@@ -1,0 +1,668 @@
+"""``popcon-site serve``: the collector, its store, ``top``/``unused --db`` and the page.
+
+Real processes of a real venv with the wheel report to a real ``serve`` over UDP and
+TCP; hostile input goes over real sockets; the page is rendered by a real headless
+chromium (once, on Python 3.11).  The parser's rules and the store's schema are also
+pinned in this process, as unit tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import sqlite3
+import struct
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from popcon_site._report import counter_lines, datagrams
+from popcon_site.cli import _store
+from popcon_site.cli._collector import (
+    BAD_NAME,
+    BAD_NAMESPACE,
+    MAX_LINE,
+    NAME_CAP,
+    NOT_ASCII,
+    NOT_ONE_COUNT,
+    TOO_LARGE,
+    UNKNOWN_METRIC,
+    Collector,
+    classify,
+)
+from popcon_site.cli._store import Reader, StoreError, Writer, connect, day_text, today
+from support.envs import Env, base_environ, make_env, reporting_to
+from support.ports import free_port
+
+SERVE_PACKAGES = ("requests", "six", "attrs", "pyyaml")
+REQUESTS_CLOSURE = {"requests", "urllib3", "idna", "certifi", "charset-normalizer"}
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory, wheel: Path) -> Env:
+    env = make_env(tmp_path_factory.mktemp("serve") / "venv")
+    env.install(str(wheel), *SERVE_PACKAGES)
+    return env
+
+
+class Serve:
+    """A running ``popcon-site serve`` of ``env`` on free ports."""
+
+    def __init__(self, env: Env, db: Path, *more: str) -> None:
+        self.env, self.db = env, db
+        self.port = free_port(socket.SOCK_DGRAM)
+        self.http = free_port()
+        self.proc = subprocess.Popen(
+            [
+                *(str(env.root / "bin/popcon-site"), "serve", "--db", str(db)),
+                *("--statsd", f"127.0.0.1:{self.port}", "--http", f"127.0.0.1:{self.http}"),
+                *more,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=base_environ(),
+        )
+        assert self.proc.stdout is not None
+        self.banner = self.proc.stdout.readline()  # printed once both servers listen
+        assert self.banner.startswith("popcon-site serve: store"), self.stop()
+        self.url = f"http://127.0.0.1:{self.http}/"
+
+    def get(self, path: str) -> bytes:
+        with urllib.request.urlopen(self.url + path, timeout=30) as response:
+            return bytes(response.read())
+
+    def data(self, query: str = "") -> dict[str, object]:
+        found = json.loads(self.get(f"data.json{query}"))
+        assert isinstance(found, dict)
+        return found
+
+    def stop(self, sig: int = signal.SIGTERM) -> str:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        _, err = self.proc.communicate(timeout=30)
+        return err
+
+
+@contextmanager
+def serving(env: Env, db: Path, *more: str) -> Iterator[Serve]:
+    server = Serve(env, db, *more)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def committed_reports(db: Path, namespace: str | None = None) -> int:
+    if not db.exists():
+        return 0
+    connection = connect(db, write=False)
+    try:
+        return Reader(connection).reports(today() - 1, today(), namespace)
+    finally:
+        connection.close()
+
+
+def wait_for_reports(db: Path, expected: int) -> None:
+    """Until the store holds ``expected`` reports (it commits at least once a second)."""
+    deadline = time.monotonic() + 60
+    while (found := committed_reports(db)) != expected:
+        assert found < expected, f"{found} reports, expected {expected}"
+        assert time.monotonic() < deadline, f"{found} of {expected} reports after 60 s"
+        time.sleep(0.1)
+
+
+def installed_names(site: Path) -> set[str]:
+    """Normalized names of the distributions in a site directory, read from METADATA."""
+    names = set()
+    for metadata in site.glob("*.dist-info/METADATA"):
+        for line in metadata.read_text(encoding="utf-8").splitlines():
+            if line.startswith("Name:"):
+                names.add(re.sub(r"[-_.]+", "-", line[5:].strip()).lower())
+                break
+    return names
+
+
+def popcon(env: Env, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(env.root / "bin/popcon-site"), *args],
+        capture_output=True,
+        text=True,
+        env=base_environ(PYTHONIOENCODING="utf-8"),
+        timeout=120,
+    )
+
+
+def as_json(proc: subprocess.CompletedProcess[str]) -> dict[str, object]:
+    assert proc.returncode == 0, proc.stderr
+    found = json.loads(proc.stdout)
+    assert isinstance(found, dict)
+    return found
+
+
+def send_udp(port: int, *payloads: bytes) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for payload in payloads:
+            sock.sendto(payload, ("127.0.0.1", port))
+
+
+def send_tcp(port: int, data: bytes) -> None:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(data)
+
+
+# -- the rules, in this process ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("python_popcon.library_used.numpy:1|c", ("used", "", "numpy")),
+        ("python_popcon.reports:1|c", ("reports", "", "")),
+        (
+            "python_popcon.namespace.hub-1.library_used.ruamel-yaml:1|c",
+            ("used", "hub-1", "ruamel-yaml"),
+        ),
+        ("python_popcon.namespace.hub_1.reports:1|c", ("reports", "hub_1", "")),
+        ("python_popcon.library_used.numpy:1000|c", ("refused", NOT_ONE_COUNT, "")),
+        ("python_popcon.library_used.numpy:01|c", ("refused", NOT_ONE_COUNT, "")),
+        ("python_popcon.library_used.numpy:1|g", ("refused", NOT_ONE_COUNT, "")),
+        ("python_popcon.library_used.numpy:1|c|@0.001", ("refused", NOT_ONE_COUNT, "")),
+        ("python_popcon.library_used.numpy:-1|c", ("refused", NOT_ONE_COUNT, "")),
+        ("python_popcon.library_used.numpy:1|c ", ("refused", NOT_ONE_COUNT, "")),
+        ("python_popcon.library_used.Numpy:1|c", ("refused", BAD_NAME, "")),
+        ("python_popcon.library_used.ruamel.yaml:1|c", ("refused", BAD_NAME, "")),
+        ("python_popcon.library_used.-x:1|c", ("refused", BAD_NAME, "")),
+        ("python_popcon.library_used.:1|c", ("refused", BAD_NAME, "")),
+        ("python_popcon.library_used.a b:1|c", ("refused", BAD_NAME, "")),
+        ("python_popcon.namespace.h*b.library_used.six:1|c", ("refused", BAD_NAMESPACE, "")),
+        ("python_popcon.namespace..library_used.six:1|c", ("refused", BAD_NAMESPACE, "")),
+        ("python_popcon.library_installed.six:1|c", ("refused", UNKNOWN_METRIC, "")),
+        ("other.library_used.six:1|c", ("refused", UNKNOWN_METRIC, "")),
+        ("python_popcon.reports.extra:1|c", ("refused", UNKNOWN_METRIC, "")),
+        ("python_popcon:1|c", ("refused", UNKNOWN_METRIC, "")),
+        (":1|c", ("refused", UNKNOWN_METRIC, "")),
+    ],
+)
+def test_only_our_counter_lines_count(line: str, expected: tuple[str, str, str]) -> None:
+    assert classify(line) == expected
+
+
+def test_the_collector_counts_what_the_client_writes_and_refuses_the_rest(tmp_path: Path) -> None:
+    db = tmp_path / "store.db"
+    writer = Writer(connect(db, write=True))
+    collector = Collector(writer)
+    day = today()
+    names = ["requests", "urllib3", "idna", "certifi", "charset-normalizer", "six"]
+    prefix, reports_name = "python_popcon.library_used", "python_popcon.reports"
+    for payload in datagrams(counter_lines(prefix, reports_name, names)):
+        collector.datagram(payload, day)
+    hub = "python_popcon.namespace.hub.library_used"
+    for payload in datagrams(counter_lines(hub, "python_popcon.namespace.hub.reports", ["six"])):
+        collector.datagram(payload, day)
+    collector.datagram(b"x" * 60_000, day)  # one oversized datagram: one item
+    collector.datagram(b"python_popcon.library_used.six:1|c\n\xff\xfe\x00junk\n", day)
+    collector.datagram(b"python_popcon.library_used.six:1000|c\npython_popcon.reports:1|g", day)
+    collector.datagram(b"python_popcon.library_used." + b"a" * MAX_LINE + b":1|c", day)
+    collector.datagram(b"\n\n", day)  # empty lines: nothing at all
+    writer.flush()
+    reader = Reader(writer.db)
+    assert reader.reports(day, day) == 2
+    assert reader.reports(day, day, "hub") == 1
+    assert reader.reports(day, day, "") == 1
+    assert reader.libraries(day, day) == {**dict.fromkeys(names[:5], 1), "six": 3}
+    assert reader.libraries(day, day, "hub") == {"six": 1}
+    assert reader.refused() == {TOO_LARGE: 2, NOT_ASCII: 1, NOT_ONE_COUNT: 2}
+    assert collector.refused == reader.refused()
+    assert collector.accepted == 10  # 6 + 1 reports, 2 in hub, 1 before the junk
+
+
+def test_a_cap_on_new_names_per_day(tmp_path: Path) -> None:
+    writer = Writer(connect(tmp_path / "store.db", write=True))
+    collector = Collector(writer, max_new_names=4)
+    day = today()
+    lines = [f"python_popcon.library_used.lib{i}:1|c" for i in range(6)]
+    collector.datagram("\n".join(lines).encode(), day)  # "" (namespace) and lib0-lib2 fit
+    collector.datagram(b"python_popcon.library_used.lib1:1|c", day)  # known: counts
+    collector.datagram(b"python_popcon.namespace.new.reports:1|c", day)  # a new namespace
+    collector.datagram(b"python_popcon.library_used.lib5:1|c", day + 1)  # a new day, room again
+    writer.flush()
+    reader = Reader(writer.db)
+    assert reader.libraries(day, day) == {"lib0": 1, "lib1": 2, "lib2": 1}
+    assert reader.libraries(day + 1, day + 1) == {"lib5": 1}
+    assert reader.refused() == {NAME_CAP: 4}
+    # A restarted serve knows the names it committed, and today's count of new ones.
+    again = Collector(Writer(connect(tmp_path / "store.db", write=True)), max_new_names=4)
+    again.datagram(b"python_popcon.library_used.lib9:1|c\npython_popcon.reports:1|c", day)
+    again.writer.flush()
+    assert reader.libraries(day, day) == {"lib0": 1, "lib1": 2, "lib2": 1}
+    assert reader.reports(day, day) == 1
+    assert reader.refused() == {NAME_CAP: 5}
+
+
+def test_the_store_has_a_schema_version_and_migrates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "store.db"
+    writer = Writer(connect(db, write=True))
+    writer.add_report(today(), writer.name_id("namespace", "", today()))
+    writer.flush()
+    writer.db.close()
+    assert sqlite3.connect(db).execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+
+    def add_note(connection: sqlite3.Connection) -> None:
+        connection.execute("CREATE TABLE note (text TEXT)")
+
+    monkeypatch.setattr(_store, "SCHEMA_VERSION", 2)
+    monkeypatch.setitem(_store.MIGRATIONS, 1, add_note)
+    with pytest.raises(StoreError, match="schema version 1, this popcon-site reads 2"):
+        connect(db, write=False)  # a reader never migrates
+    connect(db, write=True).close()
+    check = sqlite3.connect(db)
+    assert check.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
+    assert check.execute("SELECT count(*) FROM note").fetchall() == [(0,)]
+    assert check.execute("SELECT sum(processes) FROM reports").fetchall() == [(1,)]
+    check.close()
+
+    monkeypatch.setattr(_store, "SCHEMA_VERSION", 1)
+    before = db.read_bytes()
+    with pytest.raises(StoreError, match="newer than this popcon-site's 1"):
+        connect(db, write=True)
+    assert db.read_bytes() == before  # a newer store is never touched
+
+    other = tmp_path / "other.db"
+    sqlite3.connect(other).execute("CREATE TABLE t (x)").connection.commit()
+    with pytest.raises(StoreError, match="not a popcon-site store"):
+        connect(other, write=True)
+    (tmp_path / "text.db").write_text("not a database at all, " * 100)
+    with pytest.raises(StoreError, match="not a popcon-site store"):
+        connect(tmp_path / "text.db", write=True)
+
+
+# -- a real serve, real processes ----------------------------------------------------------------
+
+
+def test_real_processes_over_udp_and_tcp_and_top_unused_from_the_store(
+    env: Env, tmp_path: Path
+) -> None:
+    db = tmp_path / "store.db"
+    home = tmp_path / "home"
+    home.mkdir()
+    with serving(env, db) as server:
+        runs = [
+            ({}, "import requests"),
+            ({}, "import requests"),
+            ({}, "import requests, six"),
+            ({"PYTHON_POPCONTEST_STATSD_PROTOCOL": "tcp"}, "import six"),
+            ({"PYTHON_POPCONTEST_STATSD_PROTOCOL": "tcp"}, "import yaml"),
+            (
+                {"PYTHON_POPCONTEST_STATSD_PREFIX": "python_popcon.namespace.hub.library_used"},
+                "import six",
+            ),
+            ({}, "pass"),
+        ]
+        for extra, code in runs:
+            proc = env.run("-c", code, env=reporting_to(server.port, home, **extra))
+            assert proc.returncode == 0, proc.stderr
+        wait_for_reports(db, 7)
+        # Read while serve runs (WAL): the same shape as with --prometheus.
+        top = as_json(popcon(env, "top", "--json", "--db", str(db)))
+        assert (top["reports"], top["libraries"], top["window"], top["selector"]) == (
+            7,
+            7,
+            "30d",
+            "",
+        )
+        three = ["certifi", "charset-normalizer", "idna", "requests", "six", "urllib3"]
+        assert [(r["library"], r["processes"], r["share"]) for r in top["top"]] == [  # type: ignore[attr-defined]
+            *((name, 3, 0.428571) for name in three),
+            ("pyyaml", 1, 0.142857),
+        ]
+        hub = as_json(
+            popcon(env, "top", "--json", "--db", str(db), "--selector", 'hub_namespace="hub"')
+        )
+        assert (hub["reports"], hub["top"]) == (
+            1,
+            [{"rank": 1, "library": "six", "processes": 1, "share": 1.0}],
+        )
+        text = popcon(env, "top", "--db", str(db), "--limit", "2")
+        assert text.returncode == 0, text.stderr
+        lines = text.stdout.splitlines()
+        first = day_text(today() - 29)
+        assert lines[0] == (
+            f"Libraries by processes that imported them on the 30 UTC days {first} to "
+            f"{day_text(today())} (7 processes reported)"
+        )
+        assert lines[2].split() == ["1", "certifi", "3", "42.9%", "█" * 30]
+        assert lines[-1] == (
+            "7 libraries imported; share = processes / all reporting processes; "
+            "5 more not shown (--limit)"
+        )
+        unused = as_json(popcon(env, "unused", "--json", "--db", str(db)))
+        rows = {row["distribution"] for row in unused["unused"]}  # type: ignore[attr-defined]
+        assert unused["reports"] == 7
+        used = REQUESTS_CLOSURE | {"six", "pyyaml"}
+        assert rows == installed_names(env.site_packages) - used - {"popcon-site"}
+        assert {"attrs", "statsd", "importlib-metadata"} <= rows
+        # The page's JSON agrees with the command line.
+        page = server.data()
+        assert page["reports"] == 7
+        assert [row["distribution"] for row in page["unused_installed"]] == [  # type: ignore[attr-defined]
+            row["distribution"]
+            for row in unused["unused"]  # type: ignore[attr-defined]
+        ]
+    assert committed_reports(db) == 7
+
+
+def test_top_and_unused_need_one_store(env: Env, tmp_path: Path) -> None:
+    for args, words in [
+        (["top"], "one of --prometheus URL or --db PATH"),
+        (["unused", "--db", "x", "--prometheus", "http://p:9090"], "give one"),
+        (["top", "--db", str(tmp_path / "none.db")], "no store at"),
+        (["top", "--db", str(tmp_path / "none.db"), "--window", "12h"], "whole days or weeks"),
+        (["top", "--db", "x", "--selector", 'job="a"'], 'only hub_namespace="NAME"'),
+    ]:
+        proc = popcon(env, *args)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert words in proc.stderr and len(proc.stderr.splitlines()) == 1, proc.stderr
+
+
+HOSTILE_UDP = [
+    b"python_popcon.library_used.six:1000|c",  # another value
+    b"python_popcon.library_used.six:1|g",  # another type
+    b"python_popcon.library_used.six:1|c|@0.001",  # a sample rate
+    b"python_popcon.library_used.Six:1|c",  # not normalized
+    b"python_popcon.library_used.six\xff:1|c",  # not ASCII
+    b"\x00\x01\x02\xff" * 100,  # junk bytes (one line)
+    b"python_popcon.library_used.six:1|c\n" * 1700,  # ~60 KB: refused whole
+    b"x" * 65_000,
+    b"deploy.secret:1|c\npython_popcon.namespace.a.b.library_used.six:1|c",  # 2 unknown
+]
+
+
+def test_hostile_input_counts_nothing_and_serve_keeps_running(env: Env, tmp_path: Path) -> None:
+    db = tmp_path / "store.db"
+    with serving(env, db) as server:
+        send_udp(server.port, *HOSTILE_UDP)
+        # Over TCP: a 100 KB line, junk, a value and a good line; then a silent connection.
+        send_tcp(server.port, b"a" * 100_000 + b"\n\xff\xfe\npython_popcon.reports:7|c\n")
+        idle = socket.create_connection(("127.0.0.1", server.port))
+        send_tcp(server.port, b"python_popcon.library_used.six:1|c\npython_popcon.reports:1|c")
+        send_udp(server.port, b"python_popcon.library_used.six:1|c\npython_popcon.reports:1|c")
+        wait_for_reports(db, 2)
+        refused = wait_for_refused(server, 13)
+        idle.close()
+        assert refused == {
+            "total": 13,
+            "today": 13,
+            "by_reason": {
+                NOT_ONE_COUNT: 4,  # :1000|c, :1|g, |@0.001, TCP :7|c
+                BAD_NAME: 1,
+                NOT_ASCII: 3,  # a byte in a name, UDP junk, TCP junk
+                TOO_LARGE: 3,  # ~60 KB and 65 KB datagrams, the 100 KB TCP line
+                UNKNOWN_METRIC: 2,
+            },
+        }
+        top = as_json(popcon(env, "top", "--json", "--db", str(db)))
+        assert [(r["library"], r["processes"]) for r in top["top"]] == [("six", 2)]  # type: ignore[attr-defined]
+        assert 'id="refused">refused input: 13 (13 today)' in server.get("").decode()
+        assert server.proc.poll() is None
+    log = server.stop()
+    assert "refused" in log and log.splitlines()[-1].endswith(
+        "stopped: 4 lines counted, 13 refused"
+    )
+    assert "Traceback" not in log
+
+
+def wait_for_refused(server: Serve, expected: int) -> object:
+    deadline = time.monotonic() + 60
+    while True:
+        refused = server.data()["refused"]
+        assert isinstance(refused, dict)
+        if refused["total"] >= expected:
+            return refused
+        assert time.monotonic() < deadline, refused
+        time.sleep(0.1)
+
+
+def report(port: int, *names: str, namespace: str = "") -> None:
+    """One process's report, written by the client's own functions, sent over UDP."""
+    parent = f"python_popcon.namespace.{namespace}" if namespace else "python_popcon"
+    lines = counter_lines(f"{parent}.library_used", f"{parent}.reports", names)
+    send_udp(port, *datagrams(lines))
+
+
+def test_a_sigkill_loses_nothing_committed_and_a_restart_continues(
+    env: Env, tmp_path: Path
+) -> None:
+    db = tmp_path / "store.db"
+    server = Serve(env, db)
+    for _ in range(5):
+        report(server.port, "six", "attrs")
+    wait_for_reports(db, 5)  # committed while serve runs: no stop, no flush on exit
+    server.stop(signal.SIGKILL)
+    assert server.proc.returncode == -signal.SIGKILL
+    assert committed_reports(db) == 5
+    with serving(env, db) as again:
+        for _ in range(3):
+            report(again.port, "six", "numpy")
+        wait_for_reports(db, 8)
+        top = as_json(popcon(env, "top", "--json", "--db", str(db)))
+    assert [(r["library"], r["processes"]) for r in top["top"]] == [  # type: ignore[attr-defined]
+        ("six", 8),
+        ("attrs", 5),
+        ("numpy", 3),
+    ]
+    assert sqlite3.connect(db).execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+
+
+def test_usage_errors(env: Env, tmp_path: Path) -> None:
+    taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    taken.bind(("127.0.0.1", 0))
+    port = taken.getsockname()[1]
+    try:
+        for args, words in [
+            (["--statsd", f"127.0.0.1:{port}"], "cannot listen on --statsd"),
+            (["--statsd", "nowhere"], "must be HOST:PORT"),
+            (["--http", "127.0.0.1:99999"], "must be HOST:PORT"),
+            (["--max-new-names", "-1"], "must be 0 or more"),
+        ]:
+            proc = popcon(env, "serve", "--db", str(tmp_path / "s.db"), *args)
+            assert proc.returncode == 2, proc.stderr
+            assert words in proc.stderr and len(proc.stderr.splitlines()) == 1, proc.stderr
+    finally:
+        taken.close()
+    (tmp_path / "text.db").write_text("no database " * 1000)
+    proc = popcon(env, "serve", "--db", str(tmp_path / "text.db"))
+    assert proc.returncode == 2 and "not a popcon-site store" in proc.stderr, proc.stderr
+
+
+# -- the page, in a real browser -----------------------------------------------------------------
+
+
+def chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        pytest.fail("chromium is needed (nox installs Debian's: _ensure_debs in noxfile.py)")
+    return found
+
+
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",  # the tests may run as root
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)
+
+
+def browse(url: str, profile: Path, *how: str) -> subprocess.CompletedProcess[str]:
+    """Debian's chromium, headless, offline apart from ``url``."""
+    return subprocess.run(
+        [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *how, url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=base_environ(HOME=str(profile)),
+    )
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n", head
+    width, height = struct.unpack(">II", head[16:24])
+    return int(width), int(height)
+
+
+def seed_history(db: Path) -> None:
+    """A year of history, written by the store's own Writer: weekly trends to draw."""
+    writer = Writer(connect(db, write=True))
+    now = today()
+    default = writer.name_id("namespace", "", now - 400)
+    lab = writer.name_id("namespace", "lab", now - 400)
+    numpy, pandas, scipy = (
+        writer.name_id("library", n, now - 400) for n in ("numpy", "pandas", "scipy")
+    )
+    for back in range(364):
+        day = now - back
+        for _ in range(1 + (363 - back) // 30):  # numpy grows over the year
+            writer.add_report(day, default)
+            writer.add_used(day, default, numpy)
+        if back >= 100 and back % 7 == 0:  # pandas: weekly, until 100 days ago
+            writer.add_report(day, lab)
+            writer.add_used(day, lab, pandas)
+        if back < 30 and back % 3 == 0:
+            writer.add_used(day, lab, scipy)
+            writer.add_report(day, lab)
+    writer.flush()
+    writer.db.close()
+
+
+class Tables(HTMLParser):
+    """The page's tables as rows of cell texts, and the heights of each row's SVG bars."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables: list[list[list[str]]] = []
+        self.rects: list[list[list[int]]] = []
+        self.cell: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "table":
+            self.tables.append([])
+            self.rects.append([])
+        elif tag == "tr":
+            self.tables[-1].append([])
+            self.rects[-1].append([])
+        elif tag in ("td", "th"):
+            self.cell = []
+        elif tag == "rect":
+            self.rects[-1][-1].append(int(dict(attrs)["height"] or 0))
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th") and self.cell is not None:
+            self.tables[-1][-1].append(" ".join("".join(self.cell).split()))
+            self.cell = None
+
+    def handle_data(self, data: str) -> None:
+        if self.cell is not None:
+            self.cell.append(data)
+
+
+def seeded_numpy(first_back: int, last_back: int) -> int:
+    return sum(1 + (363 - back) // 30 for back in range(first_back, last_back + 1))
+
+
+@pytest.mark.skipif(sys.version_info[:2] != (3, 11), reason="the browser runs once, on 3.11")
+def test_the_page_in_a_real_browser(env: Env, tmp_path: Path) -> None:
+    db = tmp_path / "store.db"
+    seed_history(db)
+    home = tmp_path / "home"
+    home.mkdir()
+    profile = tmp_path / "chromium"
+    with serving(env, db) as server:
+        for code in ("import requests", "import requests", "pass"):
+            proc = env.run("-c", code, env=reporting_to(server.port, home))
+            assert proc.returncode == 0, proc.stderr
+        send_udp(server.port, b"python_popcon.library_used.six:1000|c")
+        numpy = seeded_numpy(0, 29)
+        reports = numpy + 10 + 3  # numpy's processes, scipy's, the three real ones
+        wait_for_reports(db, seeded_numpy(0, 1) + 1 + 3)  # yesterday and today
+        assert wait_for_refused(server, 1) == {
+            "total": 1,
+            "today": 1,
+            "by_reason": {NOT_ONE_COUNT: 1},
+        }
+        dom = browse(server.url, profile, "--dump-dom")
+        assert dom.returncode == 0, dom.stderr
+        shots = {}
+        for name, size in (("serve.png", "1280,900"), ("serve-phone.png", "390,844")):
+            shots[name] = tmp_path / name
+            how = (f"--screenshot={shots[name]}", f"--window-size={size}")
+            assert browse(server.url, profile, *how).returncode == 0
+        data = server.data()
+        csv_text = server.get("libraries.csv").decode()
+        daily = server.get("daily.csv?window=1d&namespace=lab").decode()
+        unused = as_json(popcon(env, "unused", "--json", "--db", str(db)))
+    page = dom.stdout
+    assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in page
+    assert "<script" not in page  # rendered here; nothing to fetch, from a CDN or else
+    assert (
+        re.findall(r'(?:src|href)="(?!\?|data\.json\?|libraries\.csv\?|daily\.csv\?)', page) == []
+    )
+    parsed = Tables()
+    parsed.feed(page)
+    top, since, installed = parsed.tables
+    last_day = day_text(today())
+    closure = sorted(REQUESTS_CLOSURE)
+    assert top[0] == ["#", "library", "processes", "share", "", "last imported", "weekly, 1 year"]
+    assert [row[:4] + row[5:6] for row in top[1:]] == [
+        ["1", "numpy", str(numpy), f"{numpy / reports * 100:.1f}%", last_day],
+        ["2", "scipy", "10", f"{10 / reports * 100:.1f}%", last_day],
+        *(
+            [str(i), name, "2", f"{2 / reports * 100:.1f}%", last_day]
+            for i, name in enumerate(closure, 3)
+        ),
+    ]
+    heights = parsed.rects[0][1]  # numpy: a year of weeks, growing, each row to its own peak
+    assert (
+        len(heights) == 52 and heights == sorted(heights) and (heights[0], heights[-1]) == (1, 18)
+    )
+    assert all(len(row) == 52 for row in parsed.rects[0][1:])
+    assert since == [["library", "last imported"], ["pandas", day_text(today() - 105)]]
+    assert [row[2] for row in installed[1:]] == [
+        row["distribution"]
+        for row in unused["unused"]  # type: ignore[attr-defined]
+    ]
+    assert "attrs" in [row[2] for row in installed[1:]]
+    # The exports say the same, exactly.
+    assert data["reports"] == reports
+    libraries = data["libraries"]
+    assert isinstance(libraries, list)
+    assert libraries[0]["weekly"][-1] == seeded_numpy(0, 6) and libraries[0]["weekly"][0] == 7
+    assert csv_text.splitlines() == [
+        "rank,library,processes,share,last_imported",
+        f"1,numpy,{numpy},{round(numpy / reports, 6)},{last_day}",
+        f"2,scipy,10,{round(10 / reports, 6)},{last_day}",
+        *(f"{i},{name},2,{round(2 / reports, 6)},{last_day}" for i, name in enumerate(closure, 3)),
+    ]
+    assert daily.splitlines() == ["day,hub_namespace,library,processes", f"{last_day},lab,scipy,1"]
+    assert png_size(shots["serve.png"]) == (1280, 900)
+    assert png_size(shots["serve-phone.png"]) == (390, 844)
+    keep = os.environ.get("POPCON_SERVE_SCREENSHOTS")  # docs/images: see README, serve
+    if keep:
+        for name, path in shots.items():
+            shutil.copy(path, Path(keep) / name)
