@@ -42,7 +42,7 @@ from popcon_site.cli._collector import (
     classify,
 )
 from popcon_site.cli._store import Reader, StoreError, Writer, connect, day_text, today
-from support.envs import Env, base_environ, make_env, reporting_to
+from support.envs import ROOT, Env, base_environ, make_env, reporting_to
 from support.ports import free_port
 
 SERVE_PACKAGES = ("requests", "six", "attrs", "pyyaml")
@@ -666,3 +666,33 @@ def test_the_page_in_a_real_browser(env: Env, tmp_path: Path) -> None:
     if keep:
         for name, path in shots.items():
             shutil.copy(path, Path(keep) / name)
+
+
+@pytest.mark.skipif(sys.version_info[:2] != (3, 11), reason="once: it builds a venv of python3")
+def test_the_quickstart_demo(tmp_path: Path) -> None:
+    """scripts/demo, as README's Quickstart runs it first: serve, processes, top, unused."""
+    proc = subprocess.run(
+        [str(ROOT / "scripts/demo")],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=600,
+        env=base_environ(POPCON_DEMO_VENV=str(tmp_path / "venv"), TMPDIR=str(tmp_path)),
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    (store,) = tmp_path.glob("popcon-demo-store.*/store.db")
+    top = lines.index(f"$ popcon-site top --db {store}")
+    assert [line.split()[:3] for line in lines[top + 3 : top + 8]] == [
+        ["1", "idna", "3"],
+        ["2", "certifi", "2"],
+        ["3", "charset-normalizer", "2"],
+        ["4", "requests", "2"],
+        ["5", "urllib3", "2"],
+    ]
+    assert lines[top + 1].endswith("(5 processes reported)")
+    unused = lines.index(f"$ popcon-site unused --db {store}")
+    assert lines[unused + 1].endswith("(5 processes reported)")
+    assert any(line.split()[2:3] == ["statsd"] for line in lines[unused + 2 :])
+    assert re.fullmatch(r"The page: http://127\.0\.0\.1:[0-9]+/ \(serve, PID [0-9]+\)", lines[-2])
+    assert lines[-1].startswith("serve stopped")

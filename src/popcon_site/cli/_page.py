@@ -198,7 +198,8 @@ svg.trend{display:block}svg.trend rect{fill:#2f6db5}
 .pill{display:inline-block;padding:.1rem .5rem;border-radius:1rem;background:#eee;
 margin:.1rem .2rem .1rem 0;font-size:.9rem}.pill.warn{background:#fde2d4}
 a{color:#1d5499}nav a{margin-right:.6rem}
-@media (max-width:40rem){.wide{display:none}.bar{min-width:4rem}}
+@media (max-width:40rem){body{font-size:14px;padding:.5rem}.wide{display:none}
+.bar{min-width:2.5rem}th,td{padding:.25rem .25rem}th{white-space:normal}}
 """
 
 
@@ -286,17 +287,17 @@ def _top_table(data: dict[str, Any], limit: int) -> str:
         return out[0] + "<p>No library was imported in this window.</p>"
     peak = rows[0]["processes"] or 1
     out.append(
-        '<div class="scroll"><table><tr><th>#</th><th>library</th><th class=n>processes</th>'
-        '<th class=n>share</th><th></th><th>last imported</th><th class="wide">'
-        "weekly, 1 year</th></tr>"
+        '<div class="scroll"><table><tr><th class="wide">#</th><th>library</th>'
+        '<th class=n>processes</th><th class="n wide">share</th><th></th><th>last imported</th>'
+        '<th class="wide">weekly, 1 year</th></tr>'
     )
     for row in rows:
         share = "" if row["share"] is None else f"{row['share'] * 100:.1f}%"
         width = 100 * row["processes"] / peak
         trend = _trend(row["weekly"], f"{row['library']}: processes per week")
         out.append(
-            f"<tr><td class=n>{row['rank']}</td><td>{_e(row['library'])}</td>"
-            f"<td class=n>{row['processes']:,}</td><td class=n>{share}</td>"
+            f"<tr><td class='n wide'>{row['rank']}</td><td>{_e(row['library'])}</td>"
+            f"<td class=n>{row['processes']:,}</td><td class='n wide'>{share}</td>"
             f'<td class="bar"><div style="width:{width:.1f}%"></div></td>'
             f"<td>{_e(row['last_imported'])}</td><td class=wide>{trend}</td></tr>"
         )
