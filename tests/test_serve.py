@@ -19,12 +19,14 @@ import struct
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from html.parser import HTMLParser
 from pathlib import Path
 
+import promserver
 import pytest
 
 from popcon_site._report import counter_lines, datagrams
@@ -59,10 +61,10 @@ def env(tmp_path_factory: pytest.TempPathFactory, wheel: Path) -> Env:
 class Serve:
     """A running ``popcon-site serve`` of ``env`` on free ports."""
 
-    def __init__(self, env: Env, db: Path, *more: str) -> None:
+    def __init__(self, env: Env, db: Path, *more: str, http: int = 0) -> None:
         self.env, self.db = env, db
         self.port = free_port(socket.SOCK_DGRAM)
-        self.http = free_port()
+        self.http = http or free_port()
         self.proc = subprocess.Popen(
             [
                 *(str(env.root / "bin/popcon-site"), "serve", "--db", str(db)),
@@ -696,3 +698,77 @@ def test_the_quickstart_demo(tmp_path: Path) -> None:
     assert any(line.split()[2:3] == ["statsd"] for line in lines[unused + 2 :])
     assert re.fullmatch(r"The page: http://127\.0\.0\.1:[0-9]+/ \(serve, PID [0-9]+\)", lines[-2])
     assert lines[-1].startswith("serve stopped")
+
+
+def prometheus_value(url: str, expr: str) -> float | None:
+    """The one value of an instant query, None while it has no result."""
+    query = urllib.parse.urlencode({"query": expr})
+    with urllib.request.urlopen(f"{url}/api/v1/query?{query}", timeout=10) as answer:
+        data = json.loads(answer.read())
+    result = data["data"]["result"]
+    assert len(result) <= 1, result
+    return float(result[0]["value"][1]) if result else None
+
+
+def wait_for_value(url: str, expr: str, expected: float) -> None:
+    deadline = time.monotonic() + 60
+    while (found := prometheus_value(url, expr)) != expected:
+        assert time.monotonic() < deadline, f"{expr} = {found}, expected {expected}"
+        time.sleep(0.2)
+
+
+@pytest.mark.skipif(sys.version_info[:2] != (3, 11), reason="once: a real Prometheus scrapes")
+def test_prometheus_scrapes_metrics_and_the_counters_survive_a_restart(
+    env: Env, tmp_path: Path
+) -> None:
+    server_bin, _ = promserver.binaries()
+    db = tmp_path / "store.db"
+    home = tmp_path / "home"
+    home.mkdir()
+    hub = {"PYTHON_POPCONTEST_STATSD_PREFIX": "python_popcon.namespace.hub.library_used"}
+    server = Serve(env, db)
+    for extra, code in [({}, "import six"), ({}, "import six"), (hub, "import idna")]:
+        proc = env.run("-c", code, env=reporting_to(server.port, home, **extra))
+        assert proc.returncode == 0, proc.stderr
+    wait_for_reports(db, 3)
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: popcon\n"
+        f"    static_configs:\n      - targets: ['127.0.0.1:{server.http}']\n"
+    )
+    port = free_port()
+    log_path = tmp_path / "prometheus.log"
+    with log_path.open("wb") as log:
+        prom = subprocess.Popen(
+            [
+                server_bin,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        assert promserver._wait_ready(prom, url, log_path)
+        six = 'python_popcon_library_used{library="six"}'
+        wait_for_value(url, six, 2)
+        assert prometheus_value(url, "sum(python_popcon_reports)") == 3
+        idna = 'python_popcon_library_used{hub_namespace="hub",library="idna"}'
+        assert prometheus_value(url, idna) == 1
+        assert prometheus_value(url, 'python_popcon_library_used_created{library="six"}') == (
+            today() * 86400
+        )
+        # A restart: the counter goes on from the store, it never resets.
+        server.stop()
+        server = Serve(env, db, http=server.http)
+        proc = env.run("-c", "import six", env=reporting_to(server.port, home))
+        assert proc.returncode == 0, proc.stderr
+        wait_for_value(url, six, 3)
+        assert prometheus_value(url, f"resets({six}[10m])") == 0
+    finally:
+        server.stop()
+        prom.terminate()
+        prom.wait(timeout=30)

@@ -1,10 +1,11 @@
 """The page of ``serve``: HTML rendered here (no script at all), CSV and JSON exports.
 
 Routes: ``/`` the page, ``/data.json`` everything on it, ``/libraries.csv`` one row
-per library, ``/daily.csv`` the store's exact rows.  Query parameters: ``window``
-(``30d``, ``12w``), ``namespace`` (a ``hub_namespace``; empty: the default prefix)
-and ``limit`` (rows of the top table).  Every request reads the store through a
-connection of its own: the page shows what was committed, never half a second.
+per library, ``/daily.csv`` the store's exact rows, ``/metrics`` for Prometheus
+(cli/_metrics.py).  Query parameters: ``window`` (``30d``, ``12w``), ``namespace``
+(a ``hub_namespace``; empty: the default prefix) and ``limit`` (rows of the top
+table).  Every request reads the store through a connection of its own: the page
+shows what was committed, never half a second.
 """
 
 from __future__ import annotations
@@ -367,6 +368,10 @@ def start_http(where: tuple[str, int], db_path: str) -> ThreadingHTTPServer:
                 elif parts.path == "/libraries.csv":
                     data = snapshot(db_path, days, window, namespace, None)
                     self._send(200, "text/csv; charset=utf-8", libraries_csv(data))
+                elif parts.path == "/metrics":
+                    from popcon_site.cli._metrics import CONTENT_TYPE, exposition
+
+                    self._send(200, CONTENT_TYPE, exposition(db_path))
                 elif parts.path == "/daily.csv":
                     self._send(200, "text/csv; charset=utf-8", daily_csv(db_path, days, namespace))
                 else:

@@ -293,3 +293,24 @@ class Reader:
             (lo, hi),
         )
         return {str(reason): int(n) for reason, n in rows}
+
+    def totals(self) -> dict[str, list[tuple[str, str, int, int]]]:
+        """All-time counters for /metrics: (namespace or reason, library, total, first day)."""
+        used = self.db.execute(
+            "SELECT ns.name, lib.name, sum(processes), min(day) FROM library_used "
+            "JOIN names AS ns ON ns.id = library_used.namespace "
+            "JOIN names AS lib ON lib.id = library_used.library "
+            "GROUP BY ns.name, lib.name ORDER BY ns.name, lib.name"
+        )
+        reports = self.db.execute(
+            "SELECT ns.name, sum(processes), min(day) FROM reports "
+            "JOIN names AS ns ON ns.id = reports.namespace GROUP BY ns.name ORDER BY ns.name"
+        )
+        refused = self.db.execute(
+            "SELECT reason, sum(items), min(day) FROM refused GROUP BY reason ORDER BY reason"
+        )
+        return {
+            "library_used": [(str(a), str(b), int(n), int(d)) for a, b, n, d in used],
+            "reports": [(str(a), "", int(n), int(d)) for a, n, d in reports],
+            "refused": [(str(a), "", int(n), int(d)) for a, n, d in refused],
+        }
