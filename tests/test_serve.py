@@ -469,6 +469,37 @@ def test_a_sigkill_loses_nothing_committed_and_a_restart_continues(
     assert sqlite3.connect(db).execute("SELECT version FROM schema_version").fetchall() == [(1,)]
 
 
+def test_the_json_banner_and_a_larger_receive_buffer(env: Env, tmp_path: Path) -> None:
+    statsd, http = free_port(socket.SOCK_DGRAM), free_port()
+    proc = subprocess.Popen(
+        [
+            *(str(env.root / "bin/popcon-site"), "serve", "--json", "--db", str(tmp_path / "s.db")),
+            *("--statsd", f"127.0.0.1:{statsd}", "--http", f"127.0.0.1:{http}"),
+            *("--rcvbuf", "1048576", "--max-new-names", "7"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=base_environ(),
+    )
+    try:
+        assert proc.stdout is not None
+        banner = json.loads(proc.stdout.readline())
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    assert banner == {
+        "db": str(tmp_path / "s.db"),
+        "schema_version": 1,
+        "statsd": f"127.0.0.1:{statsd}",
+        "protocols": ["udp", "tcp"],
+        "http": f"http://127.0.0.1:{http}/",
+        "max_new_names": 7,
+        "udp_rcvbuf": 2 * 1048576,  # Linux doubles what it is asked (its own bookkeeping)
+    }
+
+
 def test_usage_errors(env: Env, tmp_path: Path) -> None:
     taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     taken.bind(("127.0.0.1", 0))
@@ -479,6 +510,7 @@ def test_usage_errors(env: Env, tmp_path: Path) -> None:
             (["--statsd", "nowhere"], "must be HOST:PORT"),
             (["--http", "127.0.0.1:99999"], "must be HOST:PORT"),
             (["--max-new-names", "-1"], "must be 0 or more"),
+            (["--rcvbuf", "-1"], "must be 0 (the system's) or more"),
         ]:
             proc = popcon(env, "serve", "--db", str(tmp_path / "s.db"), *args)
             assert proc.returncode == 2, proc.stderr

@@ -9,6 +9,7 @@ standard library only: ``sqlite3``, ``selectors``, ``socket``, ``http.server``.
 from __future__ import annotations
 
 import argparse
+import json
 import selectors
 import signal
 import socket
@@ -24,7 +25,7 @@ from popcon_site.cli._collector import (
     MAX_LINE,
     Collector,
 )
-from popcon_site.cli._output import EXIT_OK, CommandError, print_json
+from popcon_site.cli._output import EXIT_OK, CommandError
 from popcon_site.cli._store import SCHEMA_VERSION, StoreError, Writer, connect
 
 HELP = "collect the counters in a local store and show them on a page (no other server needed)"
@@ -51,6 +52,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_HTTP,
         metavar="HOST:PORT",
         help=f"where to serve the page (default: {DEFAULT_HTTP})",
+    )
+    parser.add_argument(
+        "--rcvbuf",
+        type=int,
+        default=0,
+        metavar="BYTES",
+        help="UDP receive buffer (SO_RCVBUF; the kernel caps it at net.core.rmem_max); "
+        "default: the system's",
     )
     parser.add_argument(
         "--max-new-names",
@@ -109,6 +118,8 @@ class _Stream:
 def run(args: argparse.Namespace) -> int:
     if args.max_new_names < 0:
         raise CommandError("--max-new-names must be 0 or more")
+    if args.rcvbuf < 0:
+        raise CommandError("--rcvbuf must be 0 (the system's) or more")
     statsd_at = address(args.statsd, "--statsd")
     http_at = address(args.http, "--http")
     try:
@@ -118,6 +129,8 @@ def run(args: argparse.Namespace) -> int:
     writer = Writer(db)
     collector = Collector(writer, args.max_new_names)
     udp = _bind(socket.SOCK_DGRAM, statsd_at, "--statsd")
+    if args.rcvbuf:
+        udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, args.rcvbuf)
     tcp = _bind(socket.SOCK_STREAM, statsd_at, "--statsd")
 
     from popcon_site.cli._page import start_http
@@ -144,9 +157,10 @@ def run(args: argparse.Namespace) -> int:
         "protocols": ["udp", "tcp"],
         "http": page,
         "max_new_names": args.max_new_names,
+        "udp_rcvbuf": udp.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),  # Linux: doubled
     }
-    if args.json:
-        print_json(started)
+    if args.json:  # one line, printed once both servers listen
+        print(json.dumps(started), flush=True)
     else:
         print(
             f"popcon-site serve: store {args.db} (schema {SCHEMA_VERSION}); statsd UDP and TCP "
