@@ -253,6 +253,15 @@ def test_a_cap_on_new_names_per_day(tmp_path: Path) -> None:
     assert reader.refused() == {NAME_CAP: 5}
 
 
+def stored_version(db: Path) -> int:
+    connection = sqlite3.connect(db)
+    try:
+        ((version,),) = connection.execute("SELECT version FROM schema_version").fetchall()
+        return int(version)
+    finally:
+        connection.close()
+
+
 def test_the_store_has_a_schema_version_and_migrates(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -261,7 +270,7 @@ def test_the_store_has_a_schema_version_and_migrates(
     writer.add_report(today(), writer.name_id("namespace", "", today()))
     writer.flush()
     writer.db.close()
-    assert sqlite3.connect(db).execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+    assert stored_version(db) == 1
 
     def add_note(connection: sqlite3.Connection) -> None:
         connection.execute("CREATE TABLE note (text TEXT)")
@@ -278,6 +287,9 @@ def test_the_store_has_a_schema_version_and_migrates(
     check.close()
 
     monkeypatch.setattr(_store, "SCHEMA_VERSION", 1)
+    rollback = sqlite3.connect(db)  # as a store from elsewhere may be: not in WAL mode
+    assert rollback.execute("PRAGMA journal_mode=DELETE").fetchall() == [("delete",)]
+    rollback.close()
     before = db.read_bytes()
     with pytest.raises(StoreError, match="newer than this popcon-site's 1"):
         connect(db, write=True)
@@ -466,7 +478,7 @@ def test_a_sigkill_loses_nothing_committed_and_a_restart_continues(
         ("attrs", 5),
         ("numpy", 3),
     ]
-    assert sqlite3.connect(db).execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+    assert stored_version(db) == 1
 
 
 def test_the_json_banner_and_a_larger_receive_buffer(env: Env, tmp_path: Path) -> None:

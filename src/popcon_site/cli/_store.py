@@ -80,6 +80,7 @@ def connect(path: str | Path, *, write: bool) -> sqlite3.Connection:
         connection = sqlite3.connect(str(path), timeout=10, isolation_level=None)
     try:
         if write:
+            _refuse_newer(schema_version(connection))  # before anything writes to it
             connection.execute("PRAGMA journal_mode=WAL")
             # A commit is on disk once the WAL is: a SIGKILL of serve loses nothing
             # committed (a power cut may lose the last commits, not the file).
@@ -114,13 +115,17 @@ def schema_version(connection: sqlite3.Connection) -> int:
     return int(row[0])
 
 
-def _migrate(connection: sqlite3.Connection) -> None:
-    version = schema_version(connection)
+def _refuse_newer(version: int) -> None:
     if version > SCHEMA_VERSION:
         raise StoreError(
             f"the store has schema version {version}, newer than this popcon-site's "
             f"{SCHEMA_VERSION}: use a newer popcon-site"
         )
+
+
+def _migrate(connection: sqlite3.Connection) -> None:
+    version = schema_version(connection)
+    _refuse_newer(version)
     if version == 0:  # a new file: the current schema at once, in one transaction
         connection.executescript(
             "BEGIN IMMEDIATE;"
