@@ -19,6 +19,7 @@ import struct
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -507,9 +508,55 @@ def test_the_json_banner_and_a_larger_receive_buffer(env: Env, tmp_path: Path) -
         "statsd": f"127.0.0.1:{statsd}",
         "protocols": ["udp", "tcp"],
         "http": f"http://127.0.0.1:{http}/",
+        "public": None,
+        "k": 10,
         "max_new_names": 7,
         "udp_rcvbuf": 2 * 1048576,  # Linux doubles what it is asked (its own bookkeeping)
     }
+
+
+def test_the_public_view_shows_only_libraries_at_or_above_k(env: Env, tmp_path: Path) -> None:
+    db = tmp_path / "store.db"
+    seed_history(db)  # 30 days: numpy 364+ processes, scipy 10 (lab), pandas none
+    home = tmp_path / "home"
+    home.mkdir()
+    public = free_port()
+    with serving(env, db, "--public", f"127.0.0.1:{public}", "--k", "10") as server:
+        assert server.banner.rstrip().endswith(f"; public view http://127.0.0.1:{public}/")
+        for _ in range(2):
+            proc = env.run("-c", "import requests", env=reporting_to(server.port, home))
+            assert proc.returncode == 0, proc.stderr
+        wait_for_reports(db, seeded_numpy(0, 1) + 1 + 2)
+
+        def get(port: int, path: str) -> tuple[int, str]:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as r:
+                    return r.status, r.read().decode()
+            except urllib.error.HTTPError as exc:
+                return exc.code, ""
+
+        status, text = get(public, "/data.json")
+        assert status == 200
+        data = json.loads(text)
+        numpy, reports = seeded_numpy(0, 29), seeded_numpy(0, 29) + 10 + 2
+        assert (data["k"], data["reports"], data["below_k"]) == (10, reports, 5)
+        assert data["libraries"] == [
+            {"rank": 1, "library": "numpy", "processes": numpy, "share": round(numpy / reports, 6)},
+            {"rank": 2, "library": "scipy", "processes": 10, "share": round(10 / reports, 6)},
+        ]
+        status, page = get(public, "/")
+        assert status == 200 and "requests" not in page and "pandas" not in page
+        assert "Only libraries imported by at least 10 processes are shown; 5 others" in page
+        assert get(public, "/libraries.csv")[1].splitlines()[1:] == [
+            f"1,numpy,{numpy},{round(numpy / reports, 6)}",
+            f"2,scipy,10,{round(10 / reports, 6)}",
+        ]
+        # Nothing else is there: not the admin's page, exports, rows or metrics.
+        for path in ("/daily.csv", "/metrics", "/public/", "/x"):
+            assert get(public, path)[0] == 404, path
+        assert json.loads(get(server.http, "/public/data.json?namespace=lab")[1])["libraries"] == [
+            {"rank": 1, "library": "scipy", "processes": 10, "share": 1.0},
+        ]
 
 
 def test_usage_errors(env: Env, tmp_path: Path) -> None:
@@ -523,6 +570,8 @@ def test_usage_errors(env: Env, tmp_path: Path) -> None:
             (["--http", "127.0.0.1:99999"], "must be HOST:PORT"),
             (["--max-new-names", "-1"], "must be 0 or more"),
             (["--rcvbuf", "-1"], "must be 0 (the system's) or more"),
+            (["--k", "0"], "--k must be at least 1"),
+            (["--public", "x"], "--public 'x' must be HOST:PORT"),
         ]:
             proc = popcon(env, "serve", "--db", str(tmp_path / "s.db"), *args)
             assert proc.returncode == 2, proc.stderr
@@ -667,7 +716,10 @@ def test_the_page_in_a_real_browser(env: Env, tmp_path: Path) -> None:
     assert '<meta name="viewport" content="width=device-width, initial-scale=1">' in page
     assert "<script" not in page  # rendered here; nothing to fetch, from a CDN or else
     assert (
-        re.findall(r'(?:src|href)="(?!\?|data\.json\?|libraries\.csv\?|daily\.csv\?)', page) == []
+        re.findall(
+            r'(?:src|href)="(?!\?|data\.json\?|libraries\.csv\?|daily\.csv\?|public/\?)', page
+        )
+        == []
     )
     parsed = Tables()
     parsed.feed(page)

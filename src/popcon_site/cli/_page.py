@@ -256,7 +256,8 @@ def render(data: dict[str, Any], limit: int) -> str:
     parts.append(
         f'· export <a href="data.json?{_e(export)}">JSON</a> '
         f'<a href="libraries.csv?{_e(export)}">CSV</a> '
-        f'<a href="daily.csv?{_e(export)}">daily CSV</a></nav>'
+        f'<a href="daily.csv?{_e(export)}">daily CSV</a> · '
+        f'<a href="public/?{_e(export)}">public view</a></nav>'
     )
     refused = data["refused"]
     warn = " warn" if refused["total"] else ""
@@ -348,31 +349,44 @@ def _unused_table(data: dict[str, Any]) -> str:
     return "".join(out)
 
 
-def start_http(where: tuple[str, int], db_path: str) -> ThreadingHTTPServer:
-    """The page's server, answering from a daemon thread; raises OSError if it cannot bind."""
+def start_http(
+    where: tuple[str, int], db_path: str, k: int, public_only: bool = False
+) -> ThreadingHTTPServer:
+    """The page's server, answering from a daemon thread; raises OSError if it cannot bind.
+
+    ``public_only``: the public view alone (cli/_public.py), at ``/``, ``/data.json``
+    and ``/libraries.csv``; everything else is 404 there.
+    """
     installed = Installed()
 
     class Handler(BaseHTTPRequestHandler):
         server_version = f"popcon-site/{__version__}"
+        timeout = 30  # seconds a client may stay silent: idle connections hold a thread
 
         def do_GET(self) -> None:
             parts = urlsplit(self.path)
             try:
                 days, window, namespace, limit = parse_view(parts.query)
-                if parts.path == "/":
+                path = parts.path
+                if public_only or path.startswith("/public"):
+                    base = "/" if public_only else "/public/"
+                    sub = path if public_only else path[len("/public") :] or "/"
+                    query = f"?{parts.query}" if parts.query else ""
+                    self._public(sub, base, query, days, window, namespace)
+                elif path == "/":
                     data = snapshot(db_path, days, window, namespace, installed)
                     self._send(200, "text/html; charset=utf-8", render(data, limit))
-                elif parts.path == "/data.json":
+                elif path == "/data.json":
                     data = snapshot(db_path, days, window, namespace, installed)
                     self._send(200, "application/json", json.dumps(data, indent=1))
-                elif parts.path == "/libraries.csv":
+                elif path == "/libraries.csv":
                     data = snapshot(db_path, days, window, namespace, None)
                     self._send(200, "text/csv; charset=utf-8", libraries_csv(data))
-                elif parts.path == "/metrics":
+                elif path == "/metrics":
                     from popcon_site.cli._metrics import CONTENT_TYPE, exposition
 
                     self._send(200, CONTENT_TYPE, exposition(db_path))
-                elif parts.path == "/daily.csv":
+                elif path == "/daily.csv":
                     self._send(200, "text/csv; charset=utf-8", daily_csv(db_path, days, namespace))
                 else:
                     self._send(404, "text/plain; charset=utf-8", "not found\n")
@@ -380,6 +394,28 @@ def start_http(where: tuple[str, int], db_path: str) -> ThreadingHTTPServer:
                 self._send(400, "text/plain; charset=utf-8", f"{exc}\n")
             except Exception as exc:  # the page fails, the collector keeps counting
                 self._send(500, "text/plain; charset=utf-8", f"error: {type(exc).__name__}\n")
+
+        def _public(
+            self,
+            path: str,
+            base: str,
+            query: str,
+            days: int,
+            window: str,
+            namespace: str | None,
+        ) -> None:
+            from popcon_site.cli._public import public_csv, public_snapshot, render_public
+
+            if path not in ("/", "/data.json", "/libraries.csv"):
+                self._send(404, "text/plain; charset=utf-8", "not found\n")
+                return
+            data = public_snapshot(db_path, days, window, namespace, k)
+            if path == "/":
+                self._send(200, "text/html; charset=utf-8", render_public(data, _CSS, base, query))
+            elif path == "/data.json":
+                self._send(200, "application/json", json.dumps(data, indent=1))
+            else:
+                self._send(200, "text/csv; charset=utf-8", public_csv(data))
 
         def _send(self, status: int, kind: str, body: str) -> None:
             payload = body.encode("utf-8")

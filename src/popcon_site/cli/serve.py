@@ -26,6 +26,7 @@ from popcon_site.cli._collector import (
     Collector,
 )
 from popcon_site.cli._output import EXIT_OK, CommandError
+from popcon_site.cli._public import DEFAULT_K
 from popcon_site.cli._store import SCHEMA_VERSION, StoreError, Writer, connect
 
 HELP = "collect the counters in a local store and show them on a page (no other server needed)"
@@ -52,6 +53,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_HTTP,
         metavar="HOST:PORT",
         help=f"where to serve the page (default: {DEFAULT_HTTP})",
+    )
+    parser.add_argument(
+        "--public",
+        metavar="HOST:PORT",
+        help="also serve the public view alone here: only libraries at least --k processes "
+        "imported in the window, without per-library dates (default: none; the page "
+        "shows it at /public)",
+    )
+    parser.add_argument(
+        "--k",
+        type=int,
+        default=DEFAULT_K,
+        metavar="N",
+        help=f"the public view's threshold (default: {DEFAULT_K}, as the recording rules)",
     )
     parser.add_argument(
         "--rcvbuf",
@@ -120,8 +135,11 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError("--max-new-names must be 0 or more")
     if args.rcvbuf < 0:
         raise CommandError("--rcvbuf must be 0 (the system's) or more")
+    if args.k < 1:
+        raise CommandError("--k must be at least 1")
     statsd_at = address(args.statsd, "--statsd")
     http_at = address(args.http, "--http")
+    public_at = None if args.public is None else address(args.public, "--public")
     try:
         db = connect(args.db, write=True)
     except StoreError as exc:
@@ -135,12 +153,19 @@ def run(args: argparse.Namespace) -> int:
 
     from popcon_site.cli._page import start_http
 
-    try:
-        httpd = start_http(http_at, args.db)
-    except OSError as exc:
-        raise CommandError(
-            f"cannot listen on --http {http_at[0]}:{http_at[1]}: {exc.strerror or exc}"
-        ) from None
+    servers = []
+    for option, at, public_only in (("--http", http_at, False), ("--public", public_at, True)):
+        if at is None:
+            continue
+        try:
+            servers.append(start_http(at, args.db, args.k, public_only))
+        except OSError as exc:
+            for started_server in servers:
+                started_server.shutdown()
+            raise CommandError(
+                f"cannot listen on {option} {at[0]}:{at[1]}: {exc.strerror or exc}"
+            ) from None
+    httpd = servers[0]
     stopping = threading.Event()
 
     def stop(signum: int, frame: FrameType | None) -> None:
@@ -156,6 +181,8 @@ def run(args: argparse.Namespace) -> int:
         "statsd": f"{statsd_at[0]}:{statsd_at[1]}",
         "protocols": ["udp", "tcp"],
         "http": page,
+        "public": None if public_at is None else f"http://{public_at[0]}:{public_at[1]}/",
+        "k": args.k,
         "max_new_names": args.max_new_names,
         "udp_rcvbuf": udp.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),  # Linux: doubled
     }
@@ -164,14 +191,16 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(
             f"popcon-site serve: store {args.db} (schema {SCHEMA_VERSION}); statsd UDP and TCP "
-            f"on {started['statsd']}; page {page}",
+            f"on {started['statsd']}; page {page}"
+            + (f"; public view {started['public']}" if started["public"] else ""),
             flush=True,
         )
     sys.stdout.flush()
     try:
         _loop(udp, tcp, writer, collector, stopping)
     finally:
-        httpd.shutdown()
+        for server in servers:
+            server.shutdown()
         writer.flush()
         db.close()
         udp.close()
