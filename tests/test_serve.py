@@ -45,6 +45,7 @@ from popcon_site.cli._collector import (
     classify,
 )
 from popcon_site.cli._store import Reader, StoreError, Writer, connect, day_text, today
+from support.distinfo import write_dist_info
 from support.envs import ROOT, Env, base_environ, make_env, reporting_to
 from support.ports import free_port
 
@@ -559,6 +560,40 @@ def test_the_public_view_shows_only_libraries_at_or_above_k(env: Env, tmp_path: 
         ]
 
 
+def test_the_page_lists_unused_distributions_of_the_site_dirs_it_is_told(
+    env: Env, tmp_path: Path
+) -> None:
+    site = tmp_path / "other-env-site-packages"
+    site.mkdir()
+    write_dist_info(site, "numpy-1.0.dist-info", "numpy", {"numpy/__init__.py": "n" * 100})
+    write_dist_info(site, "Big_Data-1.0.dist-info", "Big_Data", {"big_data/x.py": "b" * 5000})
+    write_dist_info(site, "tiny-1.0.dist-info", "tiny", {"tiny.py": "t"})
+    db = tmp_path / "store.db"
+    with serving(env, db, "--site-dir", str(site)) as server:
+        report(server.port, "numpy")
+        wait_for_reports(db, 1)
+        data = server.data()
+    record = (site / "Big_Data-1.0.dist-info" / "RECORD").stat().st_size
+    tiny_record = (site / "tiny-1.0.dist-info" / "RECORD").stat().st_size
+    assert data["site_dirs"] == [str(site)]
+    assert data["unused_installed"] == [
+        {
+            "distribution": "big-data",
+            "version": "1.0",
+            "size_bytes": 5000 + record,
+            "required_by": [],
+            "has_modules": True,
+        },
+        {
+            "distribution": "tiny",
+            "version": "1.0",
+            "size_bytes": 1 + tiny_record,
+            "required_by": [],
+            "has_modules": True,
+        },
+    ]
+
+
 def test_usage_errors(env: Env, tmp_path: Path) -> None:
     taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     taken.bind(("127.0.0.1", 0))
@@ -572,6 +607,7 @@ def test_usage_errors(env: Env, tmp_path: Path) -> None:
             (["--rcvbuf", "-1"], "must be 0 (the system's) or more"),
             (["--k", "0"], "--k must be at least 1"),
             (["--public", "x"], "--public 'x' must be HOST:PORT"),
+            (["--site-dir", str(tmp_path / "none")], "is not a directory"),
         ]:
             proc = popcon(env, "serve", "--db", str(tmp_path / "s.db"), *args)
             assert proc.returncode == 2, proc.stderr

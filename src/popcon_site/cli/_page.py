@@ -37,9 +37,14 @@ class BadRequest(ValueError):
 
 
 class Installed:
-    """This environment's distributions, scanned at most every INSTALLED_TTL seconds."""
+    """Installed distributions, scanned at most every INSTALLED_TTL seconds.
 
-    def __init__(self) -> None:
+    ``site_dirs``: the directories to scan (``serve --site-dir``); by default the site
+    directories of the environment serve runs in, as ``unused`` scans.
+    """
+
+    def __init__(self, site_dirs: list[str] | None = None) -> None:
+        self.chosen = site_dirs
         self.lock = threading.Lock()
         self.when = -INSTALLED_TTL
         self.rows: list[dict[str, Any]] = []
@@ -51,7 +56,7 @@ class Installed:
                 from popcon_site._attribution import OWN_DISTRIBUTION
                 from popcon_site._installed import environment_site_dirs, installed_distributions
 
-                self.site_dirs = environment_site_dirs()
+                self.site_dirs = self.chosen or environment_site_dirs()
                 found = installed_distributions(self.site_dirs)
                 self.rows = [
                     {
@@ -350,14 +355,18 @@ def _unused_table(data: dict[str, Any]) -> str:
 
 
 def start_http(
-    where: tuple[str, int], db_path: str, k: int, public_only: bool = False
+    where: tuple[str, int],
+    db_path: str,
+    k: int,
+    public_only: bool = False,
+    site_dirs: list[str] | None = None,
 ) -> ThreadingHTTPServer:
     """The page's server, answering from a daemon thread; raises OSError if it cannot bind.
 
     ``public_only``: the public view alone (cli/_public.py), at ``/``, ``/data.json``
     and ``/libraries.csv``; everything else is 404 there.
     """
-    installed = Installed()
+    installed = Installed(site_dirs)
 
     class Handler(BaseHTTPRequestHandler):
         server_version = f"popcon-site/{__version__}"

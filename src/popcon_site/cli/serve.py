@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import selectors
 import signal
 import socket
@@ -53,6 +54,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_HTTP,
         metavar="HOST:PORT",
         help=f"where to serve the page (default: {DEFAULT_HTTP})",
+    )
+    parser.add_argument(
+        "--site-dir",
+        action="append",
+        metavar="DIR",
+        help="a site directory whose distributions the page lists as unused when no "
+        "process imported them (repeat for several environments; default: the site "
+        "directories of the environment serve runs in)",
     )
     parser.add_argument(
         "--public",
@@ -140,6 +149,10 @@ def run(args: argparse.Namespace) -> int:
     statsd_at = address(args.statsd, "--statsd")
     http_at = address(args.http, "--http")
     public_at = None if args.public is None else address(args.public, "--public")
+    site_dirs = [os.path.abspath(d) for d in args.site_dir or ()]
+    for directory in site_dirs:
+        if not os.path.isdir(directory):
+            raise CommandError(f"--site-dir {directory} is not a directory")
     try:
         db = connect(args.db, write=True)
     except StoreError as exc:
@@ -158,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
         if at is None:
             continue
         try:
-            servers.append(start_http(at, args.db, args.k, public_only))
+            servers.append(start_http(at, args.db, args.k, public_only, site_dirs or None))
         except OSError as exc:
             for started_server in servers:
                 started_server.shutdown()
