@@ -232,6 +232,55 @@ def test_the_collector_counts_what_the_client_writes_and_refuses_the_rest(tmp_pa
     assert collector.accepted == 10  # 6 + 1 reports, 2 in hub, 1 before the junk
 
 
+# The tests' own statement of a line that may count (independent of the code's rules).
+COUNTED = re.compile(
+    r"python_popcon\.(?:namespace\.[A-Za-z0-9_-]{1,100}\.)?"
+    r"(?:reports|library_used\.[a-z0-9](?:[a-z0-9-]{0,198}[a-z0-9])?):1\|c"
+)
+
+
+def test_random_and_mutated_input_never_raises_and_only_valid_lines_count(tmp_path: Path) -> None:
+    import random
+
+    rng = random.Random(21)
+    writer = Writer(connect(tmp_path / "store.db", write=True))
+    collector = Collector(writer)
+    good = [
+        *counter_lines("python_popcon.library_used", "python_popcon.reports", ["six", "a-b"]),
+        "python_popcon.namespace.hub.library_used.numpy:1|c",
+    ]
+    alphabet = b"python_popcon.library_used.namespace:|c@01-_\n\r\x00\xff .g"
+    expected_accepted = expected_items = 0
+    for _ in range(3000):
+        choice = rng.random()
+        if choice < 0.3:  # a valid line with one byte changed, added or removed
+            line = bytearray(rng.choice(good).encode())
+            at = rng.randrange(len(line))
+            how = rng.randrange(3)
+            if how == 0:
+                line[at] = rng.choice(alphabet)
+            elif how == 1:
+                line.insert(at, rng.choice(alphabet))
+            else:
+                del line[at]
+            data = bytes(line)
+        elif choice < 0.6:
+            data = bytes(rng.choice(alphabet) for _ in range(rng.randrange(1, 80)))
+        elif choice < 0.9:
+            data = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 600)))
+        else:
+            data = "\n".join(rng.choice(good) for _ in range(rng.randrange(1, 20))).encode()
+        lines = [line for line in data.split(b"\n") if line]
+        expected_items += len(lines)
+        expected_accepted += sum(1 for line in lines if COUNTED.fullmatch(line.decode("latin-1")))
+        collector.datagram(data, today())
+    writer.flush()
+    assert collector.accepted == expected_accepted > 2000
+    assert len(collector.refused) >= 4  # several reasons were reached
+    assert collector.accepted + sum(collector.refused.values()) == expected_items
+    assert NAME_CAP not in collector.refused
+
+
 def test_a_cap_on_new_names_per_day(tmp_path: Path) -> None:
     writer = Writer(connect(tmp_path / "store.db", write=True))
     collector = Collector(writer, max_new_names=4)
