@@ -508,6 +508,42 @@ def report(port: int, *names: str, namespace: str = "") -> None:
     send_udp(port, *datagrams(lines))
 
 
+def test_ipv6_and_a_tcp_line_split_across_packets(env: Env, tmp_path: Path) -> None:
+    """serve on [::1]; a TCP client whose line arrives in two pieces still counts once."""
+    db = tmp_path / "store.db"
+    statsd, http = free_port(socket.SOCK_DGRAM, "::1"), free_port(host="::1")
+    proc = subprocess.Popen(
+        [
+            *(str(env.root / "bin/popcon-site"), "serve", "--db", str(db)),
+            *("--statsd", f"[::1]:{statsd}", "--http", f"[::1]:{http}"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=base_environ(),
+    )
+    try:
+        assert proc.stdout is not None
+        banner = proc.stdout.readline()
+        assert banner.rstrip().endswith(f"on ::1:{statsd}; page http://[::1]:{http}/"), banner
+        with socket.create_connection(("::1", statsd), timeout=10) as sock:
+            sock.sendall(b"python_popcon.library_used.si")
+            time.sleep(0.2)  # two segments, most likely two reads: either way one line
+            sock.sendall(b"x:1|c\npython_popcon.rep")
+            time.sleep(0.2)
+            sock.sendall(b"orts:1|c\n")
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as udp:
+            udp.sendto(b"python_popcon.reports:1|c", ("::1", statsd))
+        wait_for_reports(db, 2)
+        with urllib.request.urlopen(f"http://[::1]:{http}/data.json", timeout=30) as answer:
+            data = json.loads(answer.read())
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+    assert [(row["library"], row["processes"]) for row in data["libraries"]] == [("six", 1)]
+    assert data["refused"]["total"] == 0
+
+
 def test_a_sigkill_loses_nothing_committed_and_a_restart_continues(
     env: Env, tmp_path: Path
 ) -> None:
