@@ -508,6 +508,30 @@ def report(port: int, *names: str, namespace: str = "") -> None:
     send_udp(port, *datagrams(lines))
 
 
+def test_a_store_locked_by_another_writer_delays_commits_and_loses_nothing(
+    env: Env, tmp_path: Path
+) -> None:
+    db = tmp_path / "store.db"
+    with serving(env, db) as server:
+        report(server.port, "six")
+        wait_for_reports(db, 1)
+        other = sqlite3.connect(db, isolation_level=None)
+        other.execute("BEGIN EXCLUSIVE")  # e.g. an admin's sqlite3 shell, mid-transaction
+        for _ in range(20):
+            report(server.port, "six")
+        assert server.proc.stderr is not None
+        failed = server.proc.stderr.readline()  # serve's next log line
+        assert "cannot commit to the store, will retry twice a second" in failed, failed
+        assert "database is locked" in failed
+        other.execute("ROLLBACK")
+        other.close()
+        wait_for_reports(db, 21)
+        top = as_json(popcon(env, "top", "--json", "--db", str(db)))
+        assert [(r["library"], r["processes"]) for r in top["top"]] == [("six", 21)]  # type: ignore[attr-defined]
+    log = server.stop()
+    assert log.startswith("20") and "committing again" in log.splitlines()[0], log
+
+
 def test_ipv6_and_a_tcp_line_split_across_packets(env: Env, tmp_path: Path) -> None:
     """serve on [::1]; a TCP client whose line arrives in two pieces still counts once."""
     db = tmp_path / "store.db"

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 SCHEMA_VERSION = 1
+WRITER_BUSY_MS = 100  # how long a commit waits for another writer's lock
 
 _SCHEMA_V1 = """
 CREATE TABLE names (
@@ -86,6 +87,9 @@ def connect(path: str | Path, *, write: bool) -> sqlite3.Connection:
             # committed (a power cut may lose the last commits, not the file).
             connection.execute("PRAGMA synchronous=NORMAL")
             _migrate(connection)
+            # From now on serve's loop commits: waiting for another writer (someone's
+            # sqlite3 shell) must not stop it reading the sockets; it retries instead.
+            connection.execute(f"PRAGMA busy_timeout={WRITER_BUSY_MS}")
         else:
             version = schema_version(connection)
             if version != SCHEMA_VERSION:

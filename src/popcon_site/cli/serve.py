@@ -234,8 +234,9 @@ def _loop(
     selector.register(tcp, selectors.EVENT_READ, "listen")
     streams: dict[int, _Stream] = {}
     next_flush = time.monotonic() + FLUSH_INTERVAL
-    next_log = 0.0
+    next_log = next_failure_log = 0.0
     logged = 0
+    failing = ""  # the last commit error, logged once a minute while it lasts
     while not stopping.is_set():
         timeout = max(0.0, min(next_flush - time.monotonic(), FLUSH_INTERVAL))
         for key, _ in selector.select(timeout):
@@ -253,8 +254,13 @@ def _loop(
         if now >= next_flush:
             try:
                 writer.flush()
+                if failing:
+                    log("committing again")
+                    failing = ""
             except Exception as exc:  # a full disk: keep counting, retry at the next tick
-                log(f"cannot commit to the store, will retry: {exc}")
+                if str(exc) != failing or now >= next_failure_log:
+                    log(f"cannot commit to the store, will retry twice a second: {exc}")
+                    failing, next_failure_log = str(exc), now + LOG_INTERVAL
             next_flush = now + FLUSH_INTERVAL
             for stream in [s for s in streams.values() if now - s.last > IDLE_TIMEOUT]:
                 _close(stream, selector, streams)
