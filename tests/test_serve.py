@@ -430,6 +430,42 @@ def test_real_processes_over_udp_and_tcp_and_top_unused_from_the_store(
     assert committed_reports(db) == 7
 
 
+def test_top_from_the_store_of_a_past_window(env: Env, tmp_path: Path) -> None:
+    """--at and --window in days or weeks pick whole UTC days; no serve needs to run."""
+    db = tmp_path / "store.db"
+    seed_history(db)
+    at = today() - 200
+    iso = day_text(at) + "T12:00:00Z"
+    week = as_json(popcon(env, "top", "--json", "--db", str(db), "--window", "1w", "--at", iso))
+    pandas_days = [back for back in range(200, 207) if back % 7 == 0]  # weekly, lab only
+    assert (week["first_day"], week["last_day"]) == (day_text(at - 6), day_text(at))
+    assert week["reports"] == seeded_numpy(200, 206) + len(pandas_days)
+    assert [(r["library"], r["processes"]) for r in week["top"]] == [  # type: ignore[attr-defined]
+        ("numpy", seeded_numpy(200, 206)),
+        ("pandas", 1),
+    ]
+    lab = popcon(
+        env,
+        "top",
+        "--db",
+        str(db),
+        "--window",
+        "7d",
+        "--at",
+        iso,
+        "--selector",
+        'hub_namespace="lab"',
+    )
+    assert lab.returncode == 0, lab.stderr
+    assert lab.stdout.splitlines()[0] == (
+        f"Libraries by processes that imported them on the 7 UTC days {day_text(at - 6)} to "
+        f'{day_text(at)} where hub_namespace="lab" (1 processes reported)'
+    )
+    empty = popcon(env, "unused", "--db", str(db), "--at", "2000-01-01T00:00:00Z")
+    assert empty.returncode == 1
+    assert empty.stderr.startswith("popcon-site: no process reported on the 30 UTC days ")
+
+
 def test_top_and_unused_need_one_store(env: Env, tmp_path: Path) -> None:
     for args, words in [
         (["top"], "one of --prometheus URL or --db PATH"),
