@@ -124,6 +124,10 @@ def _bind(kind: socket.SocketKind, where: tuple[str, int], option: str) -> socke
     return sock
 
 
+def _url(host: str, port: int) -> str:
+    return f"http://{host if ':' not in host else f'[{host}]'}:{port}/"
+
+
 def log(message: str) -> None:
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     print(f"{stamp} popcon-site serve: {message}", file=sys.stderr, flush=True)
@@ -186,15 +190,14 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    host, port = str(http_at[0]), int(httpd.server_address[1])
-    page = f"http://{host if ':' not in host else f'[{host}]'}:{port}/"
+    page = _url(http_at[0], int(httpd.server_address[1]))
     started = {
         "db": args.db,
         "schema_version": SCHEMA_VERSION,
         "statsd": f"{statsd_at[0]}:{statsd_at[1]}",
         "protocols": ["udp", "tcp"],
         "http": page,
-        "public": None if public_at is None else f"http://{public_at[0]}:{public_at[1]}/",
+        "public": None if public_at is None else _url(*public_at),
         "k": args.k,
         "max_new_names": args.max_new_names,
         "udp_rcvbuf": udp.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),  # Linux: doubled
