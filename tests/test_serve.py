@@ -8,6 +8,7 @@ pinned in this process, as unit tests.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -464,6 +465,31 @@ def test_top_from_the_store_of_a_past_window(env: Env, tmp_path: Path) -> None:
     empty = popcon(env, "unused", "--db", str(db), "--at", "2000-01-01T00:00:00Z")
     assert empty.returncode == 1
     assert empty.stderr.startswith("popcon-site: no process reported on the 30 UTC days ")
+
+
+def test_the_store_query_warns_of_a_silence_not_of_a_late_start(tmp_path: Path) -> None:
+    from popcon_site.cli._dbquery import StoreQuery
+
+    def query(days: list[int]) -> StoreQuery:
+        db = tmp_path / f"{len(days)}.db"
+        writer = Writer(connect(db, write=True))
+        for back in days:
+            writer.add_report(today() - back, writer.name_id("namespace", "", today()))
+        writer.flush()
+        writer.db.close()
+        args = argparse.Namespace(db=str(db), window="4w", selector="", at=None, prometheus=None)
+        return StoreQuery(args)
+
+    gap = query([*range(20, 28), *range(0, 4)])  # nothing from 19 to 4 days ago: 16 days
+    assert gap.warnings(gap.store()) == [
+        f"no process reported from {day_text(today() - 19)} to {day_text(today() - 4)}: "
+        "was serve or the hubs' reporting down?"
+    ]
+    assert query(list(range(0, 5))).warnings(gap.store()) == []  # started 5 days ago
+    short = query([*range(10, 27), *range(0, 4)])  # 6 days: under a quarter of 28
+    assert short.warnings(short.store()) == []
+    assert gap.store().name.startswith("popcon-site serve store ")
+    assert gap.restarted_exporters_libraries() == set()
 
 
 def test_top_and_unused_need_one_store(env: Env, tmp_path: Path) -> None:

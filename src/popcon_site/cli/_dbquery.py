@@ -43,6 +43,14 @@ def store_query(args: argparse.Namespace) -> StoreQuery | None:
     return StoreQuery(args)
 
 
+class StoreInfo:
+    """What answered (as ``_prometheus.Store``): serve's store sees every count."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.sees_first_increment = True
+
+
 class StoreQuery:
     """The interface of ``Query`` (reports, libraries, describe, no_reports, as_json)."""
 
@@ -85,6 +93,32 @@ class StoreQuery:
         result: dict[str, float] = {}
         result.update(self.reader.libraries(self.first, self.last, self.namespace))  # ints
         return result
+
+    # The rest of Query's interface on main (exact counting through Prometheus), so that
+    # top/unused call the same methods whichever store answers.
+    def restarted_exporters_libraries(self) -> set[str]:
+        """None: the store counted every increment, a restart of serve loses none."""
+        return set()
+
+    def store(self) -> StoreInfo:
+        return StoreInfo(f"popcon-site serve store {self.path}")
+
+    def warnings(self, store: StoreInfo) -> list[str]:
+        """A run of days without reports of a quarter of the window or more, after the
+        first day with reports (a collection that started in the window is no gap)."""
+        days = self.reader.report_days(self.first, self.last, self.namespace)
+        said, run, seen = [], 0, False
+        for day in range(self.first, self.last + 2):
+            if day in days or day == self.last + 1:
+                if seen and run and run >= max(1, self.days // 4):
+                    said.append(
+                        f"no process reported from {day_text(day - run)} to "
+                        f"{day_text(day - 1)}: was serve or the hubs' reporting down?"
+                    )
+                seen, run = seen or day in days, 0
+            elif seen:
+                run += 1
+        return said
 
     def describe(self) -> str:
         where = f" where {self.selector}" if self.selector else ""

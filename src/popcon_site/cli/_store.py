@@ -260,6 +260,12 @@ class Reader:
         row = self.db.execute(f"SELECT sum(processes) FROM reports WHERE {where}", params)
         return int(row.fetchone()[0] or 0)
 
+    def report_days(self, first: int, last: int, namespace: str | None = None) -> set[int]:
+        """The days with at least one report."""
+        where, params = self._where(first, last, namespace, "reports")
+        rows = self.db.execute(f"SELECT DISTINCT day FROM reports WHERE {where}", params)
+        return {int(row[0]) for row in rows}
+
     def libraries(self, first: int, last: int, namespace: str | None = None) -> dict[str, int]:
         where, params = self._where(first, last, namespace, "library_used")
         rows = self.db.execute(
