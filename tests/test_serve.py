@@ -552,6 +552,34 @@ def test_hostile_input_counts_nothing_and_serve_keeps_running(env: Env, tmp_path
     assert "Traceback" not in log
 
 
+def test_a_flood_of_tcp_connections_is_capped_and_serve_keeps_counting(
+    env: Env, tmp_path: Path
+) -> None:
+    db = tmp_path / "store.db"
+    held: list[socket.socket] = []
+    with serving(env, db) as server:
+        try:
+            for _ in range(256):  # MAX_CONNECTIONS, all silent
+                held.append(socket.create_connection(("127.0.0.1", server.port), timeout=10))
+            report(server.port, "six")  # over UDP, while serve holds them all
+            wait_for_reports(db, 1)
+            extra = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            assert extra.recv(1) == b""  # the 257th is closed at once
+            extra.close()
+            held.pop().close()  # one slot free again: a real client gets through
+            time.sleep(0.5)  # serve sees that close before the client connects
+            home = tmp_path / "home"
+            home.mkdir()
+            tcp = reporting_to(server.port, home, PYTHON_POPCONTEST_STATSD_PROTOCOL="tcp")
+            proc = env.run("-c", "import six", env=tcp)
+            assert proc.returncode == 0, proc.stderr
+            wait_for_reports(db, 2)
+        finally:
+            for sock in held:
+                sock.close()
+        assert server.proc.poll() is None
+
+
 def wait_for_refused(server: Serve, expected: int) -> object:
     deadline = time.monotonic() + 60
     while True:
