@@ -197,6 +197,12 @@ def send_tcp(port: int, data: bytes) -> None:
         ("other.library_used.six:1|c", ("refused", UNKNOWN_METRIC, "")),
         ("python_popcon.reports.extra:1|c", ("refused", UNKNOWN_METRIC, "")),
         ("python_popcon:1|c", ("refused", UNKNOWN_METRIC, "")),
+        ("python_popcon.library_installed.six:1|g", ("installed", "", "six")),
+        ("python_popcon.namespace.hub.library_installed.a-b:1|g", ("installed", "hub", "a-b")),
+        ("python_popcon.library_installed.Six:1|g", ("refused", BAD_NAME, "")),
+        ("python_popcon.library_installed.six:2|g", ("refused", NOT_ONE_COUNT, "")),
+        ("python_popcon.reports:1|g", ("refused", NOT_ONE_COUNT, "")),
+        ("python_popcon.library_used.six:1|g", ("refused", NOT_ONE_COUNT, "")),
         (":1|c", ("refused", UNKNOWN_METRIC, "")),
     ],
 )
@@ -236,7 +242,8 @@ def test_the_collector_counts_what_the_client_writes_and_refuses_the_rest(tmp_pa
 # The tests' own statement of a line that may count (independent of the code's rules).
 COUNTED = re.compile(
     r"python_popcon\.(?:namespace\.[A-Za-z0-9_-]{1,100}\.)?"
-    r"(?:reports|library_used\.[a-z0-9](?:[a-z0-9-]{0,198}[a-z0-9])?):1\|c"
+    r"(?:(?:reports|library_used\.[a-z0-9](?:[a-z0-9-]{0,198}[a-z0-9])?):1\|c"
+    r"|library_installed\.[a-z0-9](?:[a-z0-9-]{0,198}[a-z0-9])?:1\|g)"
 )
 
 
@@ -317,35 +324,56 @@ def stored_version(db: Path) -> int:
 def test_the_store_has_a_schema_version_and_migrates(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # A store of version 1 (before the inventory table), as an earlier serve wrote it.
     db = tmp_path / "store.db"
-    writer = Writer(connect(db, write=True))
-    writer.add_report(today(), writer.name_id("namespace", "", today()))
+    old = sqlite3.connect(db, isolation_level=None)
+    old.executescript(
+        _store._SCHEMA_V1
+        + "CREATE TABLE schema_version (version INTEGER NOT NULL);"
+        + "INSERT INTO schema_version VALUES (1);"
+        + f"INSERT INTO names VALUES (1, 'namespace', '', {today()});"
+        + f"INSERT INTO names VALUES (2, 'library', 'six', {today()});"
+        + f"INSERT INTO reports VALUES ({today()}, 1, 5);"
+        + f"INSERT INTO library_used VALUES ({today()}, 1, 2, 4);"
+    )
+    old.close()
+    with pytest.raises(StoreError, match="schema version 1, this popcon-site reads 2"):
+        connect(db, write=False)  # a reader never migrates
+    writer = Writer(connect(db, write=True))  # serve migrates: version 2, data kept
+    writer.add_installed(today(), writer.name_id("namespace", "", today()), 2)
     writer.flush()
+    reader = Reader(writer.db)
+    assert (reader.reports(today(), today()), reader.libraries(today(), today())) == (5, {"six": 4})
+    assert reader.installed(today()) == [("", "six", today())]
     writer.db.close()
-    assert stored_version(db) == 1
+    assert stored_version(db) == 2
 
+    # The hook: a migration added later runs once, in its own transaction.
     def add_note(connection: sqlite3.Connection) -> None:
         connection.execute("CREATE TABLE note (text TEXT)")
 
-    monkeypatch.setattr(_store, "SCHEMA_VERSION", 2)
-    monkeypatch.setitem(_store.MIGRATIONS, 1, add_note)
-    with pytest.raises(StoreError, match="schema version 1, this popcon-site reads 2"):
-        connect(db, write=False)  # a reader never migrates
+    monkeypatch.setattr(_store, "SCHEMA_VERSION", 3)
+    monkeypatch.setitem(_store.MIGRATIONS, 2, add_note)
+    connect(db, write=True).close()
     connect(db, write=True).close()
     check = sqlite3.connect(db)
-    assert check.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
+    assert check.execute("SELECT version FROM schema_version").fetchall() == [(3,)]
     assert check.execute("SELECT count(*) FROM note").fetchall() == [(0,)]
-    assert check.execute("SELECT sum(processes) FROM reports").fetchall() == [(1,)]
+    assert check.execute("SELECT sum(processes) FROM reports").fetchall() == [(5,)]
     check.close()
 
-    monkeypatch.setattr(_store, "SCHEMA_VERSION", 1)
+    monkeypatch.setattr(_store, "SCHEMA_VERSION", 2)
     rollback = sqlite3.connect(db)  # as a store from elsewhere may be: not in WAL mode
     assert rollback.execute("PRAGMA journal_mode=DELETE").fetchall() == [("delete",)]
     rollback.close()
     before = db.read_bytes()
-    with pytest.raises(StoreError, match="newer than this popcon-site's 1"):
+    with pytest.raises(StoreError, match="newer than this popcon-site's 2"):
         connect(db, write=True)
     assert db.read_bytes() == before  # a newer store is never touched
+
+    new = tmp_path / "new.db"
+    connect(new, write=True).close()  # a new store goes through every migration
+    assert stored_version(new) == 2
 
     other = tmp_path / "other.db"
     sqlite3.connect(other).execute("CREATE TABLE t (x)").connection.commit()
@@ -679,7 +707,7 @@ def test_a_sigkill_loses_nothing_committed_and_a_restart_continues(
         ("attrs", 5),
         ("numpy", 3),
     ]
-    assert stored_version(db) == 1
+    assert stored_version(db) == 2
 
 
 def test_the_json_banner_and_a_larger_receive_buffer(env: Env, tmp_path: Path) -> None:
@@ -704,7 +732,7 @@ def test_the_json_banner_and_a_larger_receive_buffer(env: Env, tmp_path: Path) -
     assert proc.returncode == 0
     assert banner == {
         "db": str(tmp_path / "s.db"),
-        "schema_version": 1,
+        "schema_version": 2,
         "statsd": f"127.0.0.1:{statsd}",
         "protocols": ["udp", "tcp"],
         "http": f"http://127.0.0.1:{http}/",
@@ -791,6 +819,41 @@ def test_the_page_lists_unused_distributions_of_the_site_dirs_it_is_told(
             "has_modules": True,
         },
     ]
+
+
+def test_the_inventory_script_tells_serve_what_is_installed(env: Env, tmp_path: Path) -> None:
+    """deploy/inventory's gauges, per namespace: installed there and never imported there."""
+    script = ROOT / "deploy/inventory/popcon-site-inventory.py"
+    db = tmp_path / "store.db"
+    home = tmp_path / "home"
+    home.mkdir()
+    hub = {"PYTHON_POPCONTEST_STATSD_PREFIX": "python_popcon.namespace.hub.library_used"}
+    with serving(env, db) as server:
+        for extra in ({}, hub):
+            environ = reporting_to(server.port, home, PYTHON_POPCONTEST_ENABLE="0", **extra)
+            sent = env.run(str(script), env=environ)
+            assert sent.returncode == 0 and sent.stdout.startswith("popcon-site-inventory: sent")
+        quiet = reporting_to(server.port, home, PYTHON_POPCONTEST_ENABLE="0")
+        printed = env.run(str(script), "--print", env=quiet)
+        installed = sorted(
+            line[len("python_popcon.library_installed.") : -4] for line in printed.stdout.split()
+        )
+        for extra, code in (({}, "import six"), (hub, "import yaml")):
+            proc = env.run("-c", code, env=reporting_to(server.port, home, **extra))
+            assert proc.returncode == 0, proc.stderr
+        wait_for_reports(db, 2)
+        data = server.data()
+        hub_only = server.data("?namespace=hub")
+    assert {"six", "pyyaml", "requests"} <= set(installed) and "popcon-site" not in installed
+    unused = [(row["hub_namespace"], row["library"]) for row in data["unused_inventory"]]  # type: ignore[union-attr]
+    assert unused == [("", name) for name in installed if name != "six"] + [
+        ("hub", name) for name in installed if name != "pyyaml"
+    ]
+    assert {row["inventory_day"] for row in data["unused_inventory"]} == {day_text(today())}  # type: ignore[union-attr]
+    assert [row["library"] for row in hub_only["unused_inventory"]] == [  # type: ignore[union-attr]
+        name for name in installed if name != "pyyaml"
+    ]
+    assert data["refused"]["total"] == 0  # type: ignore[index]
 
 
 def test_usage_errors(env: Env, tmp_path: Path) -> None:

@@ -8,6 +8,10 @@ Only the lines popcon-site itself sends count (see ``counter_lines`` and
     python_popcon.namespace.<namespace>.library_used.<name>:1|c
     python_popcon.namespace.<namespace>.reports:1|c
 
+and the inventory's (deploy/inventory) ``python_popcon[.namespace.<namespace>]
+.library_installed.<name>:1|g``, which says a library is installed, never that it was
+used.
+
 ``<name>`` must be a normalized distribution name (``is_safe_name``), ``<namespace>``
 one prefix segment.  Everything else is refused and counted by reason: another
 value, type or sample rate (``:1000|c``, ``:1|g``, ``|@0.1``), another metric name,
@@ -45,8 +49,10 @@ INTERNAL_ERROR = "error in serve (see its log)"
 
 
 def classify(line: str) -> tuple[str, str, str]:
-    """("used", namespace, library), ("reports", namespace, "") or ("refused", reason, "")."""
-    if not line.endswith(":1|c"):
+    """("used", namespace, library), ("reports", namespace, ""), ("installed", namespace,
+    library) for the inventory's gauges, or ("refused", reason, "")."""
+    gauge = line.endswith(":1|g")
+    if not (gauge or line.endswith(":1|c")):
         return ("refused", NOT_ONE_COUNT, "")
     parts = line[: -len(":1|c")].split(".")
     if not parts or parts[0] != PARENT:
@@ -58,15 +64,15 @@ def classify(line: str) -> tuple[str, str, str]:
         if not (0 < len(namespace) <= _MAX_SEGMENT and set(namespace) <= _SEGMENT_CHARS):
             return ("refused", BAD_NAMESPACE, "")
         rest = rest[2:]
-    if rest == ["reports"]:
+    if rest == ["reports"] and not gauge:
         return ("reports", namespace, "")
-    if len(rest) >= 2 and rest[0] == "library_used":
+    if len(rest) >= 2 and rest[0] == ("library_installed" if gauge else "library_used"):
         # A dot in the name would be more components: refused as not normalized.
         name = ".".join(rest[1:])
         if not is_safe_name(name):
             return ("refused", BAD_NAME, "")
-        return ("used", namespace, name)
-    return ("refused", UNKNOWN_METRIC, "")
+        return ("installed" if gauge else "used", namespace, name)
+    return ("refused", NOT_ONE_COUNT if gauge else UNKNOWN_METRIC, "")
 
 
 class Collector:
@@ -122,8 +128,10 @@ class Collector:
         namespace = writer.name_id("namespace", first, day)
         if kind == "reports":
             writer.add_report(day, namespace)
-        else:
+        elif kind == "used":
             writer.add_used(day, namespace, writer.name_id("library", second, day))
+        else:
+            writer.add_installed(day, namespace, writer.name_id("library", second, day))
         self.accepted += 1
 
     def _room_for(self, count: int, day: int) -> bool:

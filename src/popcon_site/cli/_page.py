@@ -115,6 +115,8 @@ def snapshot(
         refused = reader.refused()
         refused_today = sum(reader.refused(last, last).values())
         namespaces = reader.namespaces()
+        inventory = reader.installed(last, namespace)
+        used_in = {ns: reader.libraries(first, last, ns) for ns in {r[0] for r in inventory}}
         connection.execute("COMMIT")
     finally:
         connection.close()
@@ -152,6 +154,12 @@ def snapshot(
         "libraries": libraries,
         "not_imported_in_window": not_in_window,
         "refused": {"total": sum(refused.values()), "today": refused_today, "by_reason": refused},
+        # deploy/inventory's gauges: installed in that namespace, not imported there.
+        "unused_inventory": [
+            {"hub_namespace": ns, "library": library, "inventory_day": day_text(day)}
+            for ns, library, day in inventory
+            if library not in used_in[ns]
+        ],
     }
     if installed is not None:
         rows, site_dirs = installed.get()
@@ -279,6 +287,8 @@ def render(data: dict[str, Any], limit: int) -> str:
     parts.append(_not_in_window(data))
     if "unused_installed" in data:
         parts.append(_unused_table(data))
+    if data["unused_inventory"]:
+        parts.append(_inventory_table(data["unused_inventory"]))
     parts.append(
         f'<p class="meta">popcon-site {_e(data["popcon_site"])} · trend: processes per week '
         f"over the 52 weeks from {_e(data['weeks'][0])}, each row scaled to its own peak.</p>"
@@ -322,6 +332,23 @@ def _not_in_window(data: dict[str, Any]) -> str:
         return out[0] + "<p>Every library ever imported was imported in this window.</p>"
     out.append('<div class="scroll"><table><tr><th>library</th><th>last imported</th></tr>')
     out += [f"<tr><td>{_e(r['library'])}</td><td>{_e(r['last_imported'])}</td></tr>" for r in rows]
+    out.append("</table></div>")
+    return "".join(out)
+
+
+def _inventory_table(rows: list[dict[str, str]]) -> str:
+    out = [
+        f'<h2 id="inventory">Reported installed, not imported in this window ({len(rows):,})</h2>'
+        '<p class="meta">From the inventory script (deploy/inventory) of each namespace, '
+        "sent in the last 8 days.</p>"
+        '<div class="scroll"><table><tr><th>hub_namespace</th><th>library</th>'
+        "<th>inventory sent</th></tr>"
+    ]
+    out += [
+        f"<tr><td>{_e(r['hub_namespace'] or '(default prefix)')}</td><td>{_e(r['library'])}</td>"
+        f"<td>{_e(r['inventory_day'])}</td></tr>"
+        for r in rows
+    ]
     out.append("</table></div>")
     return "".join(out)
 

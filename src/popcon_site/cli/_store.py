@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 WRITER_BUSY_MS = 100  # how long a commit waits for another writer's lock
 
 _SCHEMA_V1 = """
@@ -53,8 +53,24 @@ CREATE TABLE refused (
 ) WITHOUT ROWID;
 """
 
-# MIGRATIONS[v](connection) turns a version-v store into version v + 1.
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {}
+
+def _add_installed(connection: sqlite3.Connection) -> None:
+    # Version 2: what deploy/inventory's gauges say is installed, per namespace, and
+    # the last day they said so (the page lists what is installed and never imported).
+    connection.execute(
+        "CREATE TABLE installed ("
+        " namespace INTEGER NOT NULL REFERENCES names (id),"
+        " library INTEGER NOT NULL REFERENCES names (id),"
+        " last_day INTEGER NOT NULL,"
+        " PRIMARY KEY (namespace, library)) WITHOUT ROWID"
+    )
+
+
+# MIGRATIONS[v](connection) turns a version-v store into version v + 1; a new store
+# is made at version 1 and goes through them all, as an old one does.
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _add_installed}
+# How long an inventory stays true without being sent again (statsd_exporter's ttl).
+INSTALLED_TTL_DAYS = 8
 
 
 class StoreError(Exception):
@@ -130,15 +146,15 @@ def _refuse_newer(version: int) -> None:
 def _migrate(connection: sqlite3.Connection) -> None:
     version = schema_version(connection)
     _refuse_newer(version)
-    if version == 0:  # a new file: the current schema at once, in one transaction
+    if version == 0:  # a new file: version 1 in one transaction, then the migrations
         connection.executescript(
             "BEGIN IMMEDIATE;"
             + _SCHEMA_V1
             + "CREATE TABLE schema_version (version INTEGER NOT NULL);"
-            + f"INSERT INTO schema_version VALUES ({SCHEMA_VERSION});"
+            + "INSERT INTO schema_version VALUES (1);"
             + "COMMIT;"
         )
-        return
+        version = 1
     while version < SCHEMA_VERSION:
         connection.execute("BEGIN IMMEDIATE")
         try:
@@ -163,6 +179,7 @@ class Writer:
         self.used: dict[tuple[int, int, int], int] = {}
         self.reports: dict[tuple[int, int], int] = {}
         self.refused: dict[tuple[int, str], int] = {}
+        self.installed: dict[tuple[int, int], int] = {}
         self.new_names: list[tuple[int, str, str, int]] = []
 
     def new_names_on(self, day: int) -> int:
@@ -191,12 +208,16 @@ class Writer:
         key = (day, namespace)
         self.reports[key] = self.reports.get(key, 0) + 1
 
+    def add_installed(self, day: int, namespace: int, library: int) -> None:
+        key = (namespace, library)
+        self.installed[key] = max(day, self.installed.get(key, day))
+
     def add_refused(self, day: int, reason: str, items: int = 1) -> None:
         key = (day, reason)
         self.refused[key] = self.refused.get(key, 0) + items
 
     def pending(self) -> bool:
-        return bool(self.used or self.reports or self.refused or self.new_names)
+        return bool(self.used or self.reports or self.refused or self.new_names or self.installed)
 
     def flush(self) -> None:
         """Commit everything added since the last flush, in one transaction."""
@@ -222,10 +243,16 @@ class Writer:
                 "SET items = items + excluded.items",
                 [(*key, n) for key, n in self.refused.items()],
             )
+            db.executemany(
+                "INSERT INTO installed VALUES (?, ?, ?) ON CONFLICT (namespace, library) "
+                "DO UPDATE SET last_day = max(last_day, excluded.last_day)",
+                [(*key, day) for key, day in self.installed.items()],
+            )
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        self.installed.clear()
         self.new_names.clear()
         self.used.clear()
         self.reports.clear()
@@ -259,6 +286,22 @@ class Reader:
         where, params = self._where(first, last, namespace, "reports")
         row = self.db.execute(f"SELECT sum(processes) FROM reports WHERE {where}", params)
         return int(row.fetchone()[0] or 0)
+
+    def installed(self, last: int, namespace: str | None = None) -> list[tuple[str, str, int]]:
+        """(namespace, library, last inventory day) of inventories not expired on ``last``."""
+        clause = "installed.last_day BETWEEN ? AND ?"
+        params: list[object] = [last - INSTALLED_TTL_DAYS + 1, last]
+        if namespace is not None:
+            clause += " AND ns.name = ?"
+            params.append(namespace)
+        rows = self.db.execute(
+            "SELECT ns.name, lib.name, last_day FROM installed "
+            "JOIN names AS ns ON ns.id = installed.namespace "
+            "JOIN names AS lib ON lib.id = installed.library "
+            f"WHERE {clause} ORDER BY ns.name, lib.name",
+            params,
+        )
+        return [(str(ns), str(lib), int(day)) for ns, lib, day in rows]
 
     def report_days(self, first: int, last: int, namespace: str | None = None) -> set[int]:
         """The days with at least one report."""
