@@ -876,6 +876,10 @@ def test_usage_errors(env: Env, tmp_path: Path) -> None:
             assert words in proc.stderr and len(proc.stderr.splitlines()) == 1, proc.stderr
     finally:
         taken.close()
+    with serving(env, tmp_path / "busy.db") as server:  # one serve per store
+        proc = popcon(env, "serve", "--db", str(server.db), "--statsd", "127.0.0.1:1")
+        assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr
+        assert f"another popcon-site serve is writing {server.db}" in proc.stderr
     (tmp_path / "text.db").write_text("no database " * 1000)
     proc = popcon(env, "serve", "--db", str(tmp_path / "text.db"))
     assert proc.returncode == 2 and "not a popcon-site store" in proc.stderr, proc.stderr

@@ -14,6 +14,7 @@ import os
 import selectors
 import signal
 import socket
+import sqlite3
 import sys
 import threading
 import time
@@ -124,6 +125,23 @@ def _bind(kind: socket.SocketKind, where: tuple[str, int], option: str) -> socke
     return sock
 
 
+_HELD: list[object] = []  # the open store file whose flock says "serve writes here"
+
+
+def _hold_exclusively(path: str, db: sqlite3.Connection) -> None:
+    """One serve per store: a second one would hand out the same name ids."""
+    import fcntl  # SQLite locks with fcntl(); flock() is a separate lock on Linux
+
+    handle = open(path, "rb")  # noqa: SIM115 (held open until the process ends)
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        db.close()
+        raise CommandError(f"another popcon-site serve is writing {path}") from None
+    _HELD.append(handle)
+
+
 def _url(host: str, port: int) -> str:
     return f"http://{host if ':' not in host else f'[{host}]'}:{port}/"
 
@@ -161,6 +179,7 @@ def run(args: argparse.Namespace) -> int:
         db = connect(args.db, write=True)
     except StoreError as exc:
         raise CommandError(str(exc)) from None
+    _hold_exclusively(args.db, db)
     writer = Writer(db)
     collector = Collector(writer, args.max_new_names)
     udp = _bind(socket.SOCK_DGRAM, statsd_at, "--statsd")
