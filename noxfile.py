@@ -38,7 +38,7 @@ def _interpreters() -> list[str]:
 @nox.session(python=_interpreters())
 def tests(session: nox.Session) -> None:
     """The whole test suite against real venvs, the built wheel and real PyPI packages."""
-    _ensure_debs(session, ["prometheus"])  # the CLI's unused/top tests query a real one
+    _ensure_debs(session, ["prometheus", "chromium"])  # unused/top query a real one; serve's page
     session.install(*TEST_DEPS, ".")
     session.run("python", "-m", "pytest", *(session.posargs or PYTEST_ARGS))
 

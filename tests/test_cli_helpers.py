@@ -20,7 +20,7 @@ T0 = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
 # -- the parser -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", ["status", "which", "watch", "index", "unused", "top"])
+@pytest.mark.parametrize("command", ["status", "which", "watch", "index", "unused", "top", "serve"])
 def test_each_command_has_its_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert command in COMMANDS
     with pytest.raises(SystemExit) as info:

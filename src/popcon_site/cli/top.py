@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from popcon_site.cli._dbquery import add_store_arguments, store_query
 from popcon_site.cli._output import EXIT_OK, CommandError, bar, can_draw_blocks, print_json, table
 from popcon_site.cli._prometheus import Query, add_query_arguments, warn
 
@@ -12,6 +13,7 @@ HELP = "libraries by number of processes that imported them"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_query_arguments(parser)
+    add_store_arguments(parser)  # --db: the store of `popcon-site serve`
     parser.add_argument(
         "--limit", type=int, default=20, metavar="N", help="rows to show (default: 20)"
     )
@@ -20,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.limit < 1:
         raise CommandError("--limit must be at least 1")
-    query = Query(args)
+    query = store_query(args) or Query(args)
     reports = query.reports()
     if reports <= 0:
         query.no_reports()

@@ -7,6 +7,7 @@ import sys
 
 from popcon_site._attribution import OWN_DISTRIBUTION
 from popcon_site._installed import environment_site_dirs, installed_distributions
+from popcon_site.cli._dbquery import add_store_arguments, store_query
 from popcon_site.cli._output import EXIT_OK, print_json, size, table
 from popcon_site.cli._prometheus import LIBRARY_METRIC, Query, add_query_arguments, warn
 
@@ -15,10 +16,11 @@ HELP = "installed distributions no process imported in the window, largest first
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_query_arguments(parser)
+    add_store_arguments(parser)  # --db: the store of `popcon-site serve`
 
 
 def run(args: argparse.Namespace) -> int:
-    query = Query(args)
+    query = store_query(args) or Query(args)
     reports = query.reports()
     if reports <= 0:
         query.no_reports()
