@@ -72,6 +72,15 @@ def jupyter(tmp_path_factory: pytest.TempPathFactory, wheel: Path) -> Env:
     return env
 
 
+@pytest.fixture(scope="module")
+def optional(tmp_path_factory: pytest.TempPathFactory, wheel: Path) -> Env:
+    """With msgpack and orjson: jupyter_client imports each, when installed, as the kernel
+    starts, though neither is a requirement of the machinery."""
+    env = make_env(tmp_path_factory.mktemp("optional") / "venv")
+    env.install(str(wheel), "ipykernel", "jupyter_client", "pyyaml", "msgpack", "orjson")
+    return env
+
+
 def private_dirs(tmp_path: Path, home: Path) -> dict[str, str]:
     """Everything IPython and Jupyter write goes under tmp_path, never to the real HOME."""
     return {
@@ -136,6 +145,41 @@ def test_kernel_cell_importing_nothing_sends_only_reports(
 ) -> None:
     run_cell_in_kernel(jupyter, sink, home, tmp_path, "x = 1 + 1")
     assert per_process(sink.drain()) == [set()]
+
+
+@pytest.mark.parametrize(
+    ("cell", "wanted"),
+    [
+        ("x = 1 + 1", set()),
+        ("import yaml", {"pyyaml"}),
+        ("import msgpack", {"msgpack"}),
+        ("from orjson import dumps", {"orjson"}),
+    ],
+)
+def test_the_machinerys_optional_imports_count_only_when_a_cell_imports_them(
+    optional: Env, sink: UdpSink, home: Path, tmp_path: Path, cell: str, wanted: set[str]
+) -> None:
+    # Loaded before our startup file ran, by the machinery: machinery, unless named.
+    run_cell_in_kernel(optional, sink, home, tmp_path, cell)
+    assert per_process(sink.drain()) == [wanted]
+    assert wanted == counted_by_a_script(optional, sink, home, tmp_path, cell)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known: when our startup file never ran, what the machinery loaded before the "
+    "first cell cannot be told from the user's imports: msgpack and orjson count",
+)
+def test_the_machinerys_optional_imports_when_our_startup_file_never_ran(
+    optional: Env,
+    sink: UdpSink,
+    home: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path: Path,
+) -> None:
+    ipython_dir = user_startup_file_that_raises(tmp_path_factory)
+    run_cell_in_kernel(optional, sink, home, tmp_path, "import yaml", ipython_dir)
+    assert per_process(sink.drain()) == [{"pyyaml"}]
 
 
 @pytest.mark.skipif(sys.version_info < (3, 12), reason="an invalid escape warns from 3.12 on")
@@ -268,6 +312,24 @@ def test_the_users_startup_files_are_the_users_imports(
     assert counted == counted_by_a_script(
         jupyter, sink, home, tmp_path, "import arrow\nfrom psutil import cpu_count"
     )
+
+
+@pytest.mark.parametrize("order", ["before", "after"])
+def test_a_user_startup_file_import_without_an_import_line(
+    jupyter: Env,
+    sink: UdpSink,
+    home: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path: Path,
+    order: str,
+) -> None:
+    """What the kernel loaded before our startup file is machinery unless an import line
+    of the user's code names it, so ``__import__`` in a file sorted before ours is not
+    seen; after ours, what it loads counts like a cell's imports."""
+    files: dict[str, str | bytes] = {"00-user.py": "__import__('yaml')\n"}
+    ipython_dir = user_ipython_dir(tmp_path_factory, files, before_ours=order == "before")
+    run_cell_in_kernel(jupyter, sink, home, tmp_path, "x = 1", ipython_dir)
+    assert per_process(sink.drain()) == [set() if order == "before" else {"pyyaml"}]
 
 
 def test_a_startup_file_in_its_declared_encoding_is_read(

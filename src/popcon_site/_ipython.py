@@ -5,8 +5,11 @@ they declare they need (Requires-Dist without an ``extra`` marker, transitively)
 those never count, though the kernel keeps importing their submodules between cells,
 unless the user's code imports one by name (a cell's ``import psutil``) or something
 counted requires it (``import arrow``: arrow and the python-dateutil the kernel had
-loaded, as in a script).  Everything else counts, including what the user's own
-startup files imported before ours ran (IPython runs them all in path order).
+loaded, as in a script).  The same holds for every distribution the kernel loaded
+before our startup file ran: the machinery's optional imports (jupyter_client tries
+msgpack and orjson), and what the user's startup files sorted before ours imported,
+which counts when their import lines name it (IPython runs them all in path order).
+Everything else counts.
 """
 
 import os
@@ -28,6 +31,7 @@ class Kernel:
     # What a kernel's checkpoints and exit report need to tell the user's code from
     # the machinery; created once, by our startup file.
     __slots__ = (
+        "host",
         "loaded",
         "machinery",
         "named",
@@ -35,7 +39,6 @@ class Kernel:
         "requires",
         "shell",
         "startup",
-        "startup_owners",
         "unread",
     )
 
@@ -43,7 +46,7 @@ class Kernel:
         self.machinery = machinery  # distribution -> the distributions it requires
         self.requires: dict[str, list[str]] = {}  # the same, read for counted ones
         self.startup = startup  # modules loaded by the kernel before our startup file
-        self.startup_owners: frozenset[str] | None = None  # their distributions, once known
+        self.host: frozenset[str] | None = None  # the machinery and their owners, once known
         self.named: set[str] = set()  # top-level modules the user's code imports
         self.named_owners: set[str] = set()  # their distributions, once loaded
         self.loaded: set[str] = set()  # distributions with a module loaded so far
@@ -65,13 +68,16 @@ class Kernel:
         # files may be read and the named modules attributed (after a cell, at exit);
         # otherwise that part waits for the next call that may.  module_files is
         # _report's, passed in: _report calls this module, never the other way round.
-        if self.startup_owners is None:
-            found = attributor.owners(module_files(self.startup))
-            if may_read:
-                self.startup_owners = frozenset(found)
-            else:
-                owners = owners | found  # a cold index may leave some out: again next time
-        self.loaded |= owners | (self.startup_owners or frozenset())
+        host = self.host
+        if host is None:
+            # The machinery: the declared closure, and whatever the kernel loaded before
+            # our startup file (jupyter_client's optional msgpack and orjson, for one).
+            startup = attributor.owners(module_files(self.startup))
+            self.loaded |= startup
+            host = frozenset(self.machinery.keys() | startup)
+            if may_read:  # else a cold index may leave some out: again next time
+                self.host = host
+        self.loaded |= owners
         while may_read and self.unread:
             try:
                 self.note_imports(read_source(self.unread.pop()))
@@ -81,12 +87,12 @@ class Kernel:
         if named:
             self.named.difference_update(named)
             self.named_owners |= attributor.owners(module_files(named))
-        counting = {name for name in self.loaded if name not in self.machinery} | sent
+        counting = {name for name in self.loaded if name not in host} | sent
         counting |= self.named_owners & self.loaded
         todo = list(counting)
         while todo:
             for required in self._requirements(todo.pop(), may_read):
-                loaded = required in self.machinery and required in self.loaded
+                loaded = required in host and required in self.loaded
                 if loaded and required not in counting:
                     counting.add(required)
                     todo.append(required)
