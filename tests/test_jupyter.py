@@ -583,3 +583,78 @@ def run_cells_then_kill(
 def sink_lines(sink: UdpSink) -> list[str]:
     sink.drain(0.3)
     return [line for packet in sink.packets for line in packet.decode("ascii").split("\n")]
+
+
+KILL_MID_CELL_DRIVER = textwrap.dedent("""\
+    import json, os, signal, sys, time
+    from jupyter_client import KernelManager
+
+    kernel_env, code = json.loads(sys.argv[1]), sys.argv[2]
+    km = KernelManager(kernel_name="python3")
+    km.start_kernel(env=kernel_env)
+    process = km.provisioner.process
+    kc = km.client()
+    kc.start_channels()
+    kc.wait_for_ready(timeout=60)
+    kc.execute(code)
+    while kc.get_iopub_msg(timeout=60)["msg_type"] != "stream":
+        pass  # the cell's first print: it has imported and is looping
+    time.sleep(3.0)  # checkpoints at 1 s, 3 s after activation, from collections
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+    kc.stop_channels()
+    print(json.dumps({"returncode": process.returncode}), flush=True)
+    """)
+
+
+def test_a_collection_checkpoint_in_the_first_cell_counts_what_a_library_requires(
+    jupyter: Env, sink: UdpSink, home: Path, tmp_path: Path
+) -> None:
+    """A checkpoint in a collection may not read metadata through importlib.metadata;
+    it reads the counted library's METADATA file itself, so a kernel killed in its
+    first cell has sent what a script killed the same way sends: arrow brings the
+    python-dateutil the kernel had loaded (the index is warm: a script ran first)."""
+    like_a_script = counted_by_a_script(jupyter, sink, home, tmp_path, "import arrow")
+    assert like_a_script == {"arrow", "python-dateutil"}
+    cell = "import arrow\nprint('looping', flush=True)\n" + LOOP_FOREVER
+    dirs = private_dirs(tmp_path, home)
+    driver = tmp_path / "kill_mid_cell.py"
+    driver.write_text(KILL_MID_CELL_DRIVER)
+    kernel_env = enabled(sink, home, PYTHON_POPCONTEST_CHECKPOINT="1", **dirs)
+    proc = jupyter.run(
+        str(driver), json.dumps(kernel_env), cell, env=base_environ(**dirs), cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.splitlines()[-1]) == {"returncode": -9}
+    assert counted_once(sink.drain()) == like_a_script
+
+
+LOOP_FOREVER = """\
+keep = []
+while True:
+    keep.append([len(keep)])
+    if len(keep) > 100000:
+        keep = []
+"""
+
+
+def test_requirements_read_from_the_files_agree_with_importlib_metadata(jupyter: Env) -> None:
+    """What a checkpoint inside the program's work reads itself, for every distribution
+    installed here, is what importlib.metadata gives after a cell or at exit."""
+    code = textwrap.dedent("""\
+        import importlib.metadata, json, sys
+        from popcon_site import normalize_name
+        from popcon_site._attribution import site_dirs
+        from popcon_site._ipython import declared_requirements, requirements_on_disk
+        names = {normalize_name(d.metadata["Name"]) for d in importlib.metadata.distributions()}
+        listings = {}
+        print(json.dumps({
+            name: [declared_requirements(name), requirements_on_disk(name, site_dirs(), listings)]
+            for name in sorted(names)
+        }))
+        """)
+    proc = jupyter.run("-c", code, env=base_environ())
+    assert proc.returncode == 0, proc.stderr
+    found = json.loads(proc.stdout)
+    assert len(found) > 30 and "python-dateutil" in found["arrow"][0]
+    assert {name: pair for name, pair in found.items() if pair[0] != pair[1]} == {}
