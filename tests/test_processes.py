@@ -71,11 +71,21 @@ def test_a_lookup_is_not_an_import(
     assert packets_by_process(sink) == [expected]
 
 
-def test_a_module_run_with_dash_m_counts(env: Env, sink: UdpSink, home: Path) -> None:
+def test_a_module_run_with_dash_m_counts(
+    env: Env, sink: UdpSink, home: Path, tmp_path: Path
+) -> None:
     # runpy finds six with find_spec() and runs it as __main__: it is never imported.
     proc = env.run("-m", "six", env=enabled(sink, home))
     assert (proc.returncode, proc.stderr) == (0, "")
-    assert packets_by_process(sink) == [{"six"}]
+    # `-m tool` imports the package tool on the way: its own lookups are lookups.
+    (tmp_path / "tool").mkdir()
+    (tmp_path / "tool" / "__init__.py").write_text(
+        "import importlib.util\nassert importlib.util.find_spec('attr')\n"
+    )
+    (tmp_path / "tool" / "__main__.py").write_text("import idna\n")
+    proc = env.run("-m", "tool", env=enabled(sink, home), cwd=tmp_path)
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert packets_by_process(sink) == [{"six"}, {"idna"}]
 
 
 def test_imports_in_threads_count(env: Env, sink: UdpSink, home: Path) -> None:

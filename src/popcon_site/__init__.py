@@ -120,8 +120,7 @@ class ImportWatcher:
     def __init__(self, session: "Session") -> None:
         self.seen: set[str] = set()
         self.session = session
-        importlib = sys.modules.get("_frozen_importlib")  # as the interpreter runs it
-        self.importing: dict[str, object] = getattr(importlib, "_module_locks", {})
+        self.importing = getattr(sys.modules.get("_frozen_importlib"), "_module_locks", {})
 
     def find_spec(self, fullname: str, path: object = None, target: object = None) -> None:
         if not _called_from_site():
@@ -132,8 +131,7 @@ class ImportWatcher:
         pass  # nothing cached; importlib calls this on every finder
 
 
-# The same watcher once start-up is over: a dict lookup, the set.add() of an import and
-# the checkpoint's clock are left.  Same slots, so the object in sys.meta_path changes class.
+# The same watcher once start-up is over (same slots: the object changes class).
 class _SteadyWatcher(ImportWatcher):
     __slots__ = ()
 
@@ -145,10 +143,12 @@ class _SteadyWatcher(ImportWatcher):
 
 
 def _searching_for_main() -> bool:
-    # `python -m six` finds six with find_spec() (sys.argv[0] is "-m" meanwhile), then
-    # runs it as __main__, never imported: it counts all the same.
+    # `python -m six`: runpy finds six by find_spec() and runs it as __main__, unimported:
+    # it counts.  Only runpy's own lookup (4-5 frames up), not one by `-m pkg.tool`'s pkg.
     try:
-        return sys.argv[0] == "-m"
+        frame = sys._getframe(4) if sys.argv[0] == "-m" else None
+        found = (frame.f_globals, frame.f_back.f_globals) if frame else ()  # type: ignore[union-attr]
+        return any(names.get("__name__") == "runpy" for names in found)
     except Exception:
         return False
 
