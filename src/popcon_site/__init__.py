@@ -109,11 +109,10 @@ CHECKPOINT_DELAY = 10.0  # seconds from activation to the first checkpoint
 _NEVER = float("inf")
 
 
-# A sys.meta_path finder that finds nothing and notes every name an import asks for:
-# sys.modules at exit shows what is still loaded, this adds modules imported and then
-# deleted.  A lookup (importlib.util.find_spec) is no import: only an import holds the
-# name's lock in importlib's _module_locks while it asks.  During start-up it also
-# watches for the first import that does not come from `site` (see Session).
+# A sys.meta_path finder that finds nothing and notes every name an import asks for, so
+# that modules imported then deleted count too; not a find_spec() lookup: only an import
+# holds the name's lock in importlib's _module_locks while it asks.  During start-up it
+# also watches for the first import that does not come from `site` (see Session).
 class ImportWatcher:
     __slots__ = ("importing", "seen", "session")
 
@@ -146,9 +145,10 @@ def _searching_for_main() -> bool:
     # `python -m six`: runpy finds six by find_spec() and runs it as __main__, unimported:
     # it counts.  Only runpy's own lookup (4-5 frames up), not one by `-m pkg.tool`'s pkg.
     try:
-        frame = sys._getframe(4) if sys.argv[0] == "-m" else None
-        found = (frame.f_globals, frame.f_back.f_globals) if frame else ()  # type: ignore[union-attr]
-        return any(names.get("__name__") == "runpy" for names in found)
+        if sys.argv[0] != "-m":
+            return False
+        caller = (frame := sys._getframe(4)).f_back or frame
+        return "runpy" in (frame.f_globals.get("__name__"), caller.f_globals.get("__name__"))
     except Exception:
         return False
 
