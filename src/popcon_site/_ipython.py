@@ -186,8 +186,15 @@ def requirements_on_disk(
             stem, dash, _ = entry.partition("-")
             if dash and entry.endswith(".dist-info") and popcon_site.normalize_name(stem) == name:
                 with open(os.path.join(site_dir, entry, "METADATA"), "rb") as file:
-                    return requires_dist(file.read().decode("utf-8", "replace"))
+                    data = file.read(MAX_METADATA_READ)  # the header, not a whole README
+                text = data.decode("utf-8", "replace").replace("\r\n", "\n").replace("\r", "\n")
+                if "\n\n" not in text and len(data) == MAX_METADATA_READ:
+                    return None  # a header longer than that: left to a call that may read
+                return requires_dist(text)
     return None
+
+
+MAX_METADATA_READ = 256 * 1024  # real headers take a few KB; the description follows
 
 
 def requires_dist(metadata: str) -> "list[str]":
