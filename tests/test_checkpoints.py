@@ -138,6 +138,29 @@ def test_imports_after_a_checkpoint_are_sent_once_and_reports_once(
     ]
 
 
+def test_checkpoints_and_the_exit_report_count_by_one_rule(
+    env: Env, sink: UdpSink, warm: Path
+) -> None:
+    """Only what was imported counts: a probed package never, by a checkpoint or at exit;
+    a module imported then deleted always (the exit report finds its file); what is
+    loaded at a checkpoint goes then."""
+    code = LOOP + textwrap.dedent("""        import importlib.util
+        assert importlib.util.find_spec("attr")  # a lookup, not an import
+        import six; del sys.modules["six"]
+        import yaml
+        work(1.5)      # checkpoint at 1 s: pyyaml + reports; six is no longer loaded
+        assert importlib.util.find_spec("idna")
+        """)
+    proc = start(env, code, enabled(sink, warm, PYTHON_POPCONTEST_CHECKPOINT="1"))
+    _, stderr = proc.communicate(timeout=60)
+    assert (proc.returncode, stderr) == (0, "")
+    packets = wait_for(sink, {lib("six")}, 2.0)
+    assert [sorted(packet.decode().split("\n")) for packet in packets] == [
+        [lib("pyyaml"), REPORTS],
+        [lib("six")],
+    ]
+
+
 def test_a_cold_index_is_left_to_the_exit_report(env: Env, sink: UdpSink, home: Path) -> None:
     """No index cached yet: a checkpoint inside the program's work builds none (neither
     the builder nor importlib-metadata is loaded, no cache file written) and sends only

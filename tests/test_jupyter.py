@@ -72,6 +72,15 @@ def jupyter(tmp_path_factory: pytest.TempPathFactory, wheel: Path) -> Env:
     return env
 
 
+@pytest.fixture(scope="module")
+def optional(tmp_path_factory: pytest.TempPathFactory, wheel: Path) -> Env:
+    """With msgpack and orjson: jupyter_client imports each, when installed, as the kernel
+    starts, though neither is a requirement of the machinery."""
+    env = make_env(tmp_path_factory.mktemp("optional") / "venv")
+    env.install(str(wheel), "ipykernel", "jupyter_client", "pyyaml", "msgpack", "orjson")
+    return env
+
+
 def private_dirs(tmp_path: Path, home: Path) -> dict[str, str]:
     """Everything IPython and Jupyter write goes under tmp_path, never to the real HOME."""
     return {
@@ -136,6 +145,41 @@ def test_kernel_cell_importing_nothing_sends_only_reports(
 ) -> None:
     run_cell_in_kernel(jupyter, sink, home, tmp_path, "x = 1 + 1")
     assert per_process(sink.drain()) == [set()]
+
+
+@pytest.mark.parametrize(
+    ("cell", "wanted"),
+    [
+        ("x = 1 + 1", set()),
+        ("import yaml", {"pyyaml"}),
+        ("import msgpack", {"msgpack"}),
+        ("from orjson import dumps", {"orjson"}),
+    ],
+)
+def test_the_machinerys_optional_imports_count_only_when_a_cell_imports_them(
+    optional: Env, sink: UdpSink, home: Path, tmp_path: Path, cell: str, wanted: set[str]
+) -> None:
+    # Loaded before our startup file ran, by the machinery: machinery, unless named.
+    run_cell_in_kernel(optional, sink, home, tmp_path, cell)
+    assert per_process(sink.drain()) == [wanted]
+    assert wanted == counted_by_a_script(optional, sink, home, tmp_path, cell)
+
+
+def test_the_machinerys_optional_imports_when_our_startup_file_never_ran(
+    optional: Env,
+    sink: UdpSink,
+    home: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path: Path,
+) -> None:
+    """Known and documented: when our startup file never ran, what the machinery loaded
+    before the first cell cannot be told from the user's imports, so jupyter_client's
+    optional imports count (jupyter_client 8.6, the last for Python 3.9, has none)."""
+    code = "import jupyter_client.session, sys\nprint(*{'msgpack', 'orjson'} & set(sys.modules))"
+    loaded = optional.run("-c", code, env=base_environ()).stdout.split()
+    ipython_dir = user_startup_file_that_raises(tmp_path_factory)
+    run_cell_in_kernel(optional, sink, home, tmp_path, "import yaml", ipython_dir)
+    assert per_process(sink.drain()) == [{"pyyaml", *loaded}]
 
 
 @pytest.mark.skipif(sys.version_info < (3, 12), reason="an invalid escape warns from 3.12 on")
@@ -268,6 +312,24 @@ def test_the_users_startup_files_are_the_users_imports(
     assert counted == counted_by_a_script(
         jupyter, sink, home, tmp_path, "import arrow\nfrom psutil import cpu_count"
     )
+
+
+@pytest.mark.parametrize("order", ["before", "after"])
+def test_a_user_startup_file_import_without_an_import_line(
+    jupyter: Env,
+    sink: UdpSink,
+    home: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path: Path,
+    order: str,
+) -> None:
+    """What the kernel loaded before our startup file is machinery unless an import line
+    of the user's code names it, so ``__import__`` in a file sorted before ours is not
+    seen; after ours, what it loads counts like a cell's imports."""
+    files: dict[str, str | bytes] = {"00-user.py": "__import__('yaml')\n"}
+    ipython_dir = user_ipython_dir(tmp_path_factory, files, before_ours=order == "before")
+    run_cell_in_kernel(jupyter, sink, home, tmp_path, "x = 1", ipython_dir)
+    assert per_process(sink.drain()) == [set() if order == "before" else {"pyyaml"}]
 
 
 def test_a_startup_file_in_its_declared_encoding_is_read(
@@ -521,3 +583,82 @@ def run_cells_then_kill(
 def sink_lines(sink: UdpSink) -> list[str]:
     sink.drain(0.3)
     return [line for packet in sink.packets for line in packet.decode("ascii").split("\n")]
+
+
+KILL_MID_CELL_DRIVER = textwrap.dedent("""\
+    import json, os, signal, sys, time
+    from jupyter_client import KernelManager
+
+    kernel_env, code = json.loads(sys.argv[1]), sys.argv[2]
+    km = KernelManager(kernel_name="python3")
+    km.start_kernel(env=kernel_env)
+    process = km.provisioner.process
+    kc = km.client()
+    kc.start_channels()
+    kc.wait_for_ready(timeout=60)
+    kc.execute(code)
+    while kc.get_iopub_msg(timeout=60)["msg_type"] != "stream":
+        pass  # the cell's first print: it has imported and is looping
+    time.sleep(3.0)  # checkpoints at 1 s, 3 s after activation, from collections
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+    kc.stop_channels()
+    print(json.dumps({"returncode": process.returncode}), flush=True)
+    """)
+
+
+def test_a_collection_checkpoint_in_the_first_cell_counts_what_a_library_requires(
+    jupyter: Env, sink: UdpSink, home: Path, tmp_path: Path
+) -> None:
+    """A checkpoint in a collection may not read metadata through importlib.metadata;
+    it reads the counted library's METADATA file itself, so a kernel killed in its
+    first cell has sent what the same cell sends when it ends: arrow brings the
+    python-dateutil the kernel had loaded, as a script's import does (a script runs
+    first, so the index is warm: a checkpoint in a collection never builds one)."""
+    like_a_script = counted_by_a_script(jupyter, sink, home, tmp_path, "import arrow")
+    assert {"arrow", "python-dateutil"} <= like_a_script
+    run_cell_in_kernel(jupyter, sink, home, tmp_path, "import arrow")
+    when_it_ends = counted_once(sink.drain())
+    assert like_a_script <= when_it_ends  # and six on 3.9, which the kernel had loaded
+    cell = "import arrow\nprint('looping', flush=True)\n" + LOOP_FOREVER
+    dirs = private_dirs(tmp_path, home)
+    driver = tmp_path / "kill_mid_cell.py"
+    driver.write_text(KILL_MID_CELL_DRIVER)
+    kernel_env = enabled(sink, home, PYTHON_POPCONTEST_CHECKPOINT="1", **dirs)
+    proc = jupyter.run(
+        str(driver), json.dumps(kernel_env), cell, env=base_environ(**dirs), cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.splitlines()[-1]) == {"returncode": -9}
+    assert counted_once(sink.drain()) == when_it_ends
+
+
+LOOP_FOREVER = """\
+keep = []
+while True:
+    keep.append([len(keep)])
+    if len(keep) > 100000:
+        keep = []
+"""
+
+
+def test_requirements_read_from_the_files_agree_with_importlib_metadata(jupyter: Env) -> None:
+    """What a checkpoint inside the program's work reads itself, for every distribution
+    installed here, is what importlib.metadata gives after a cell or at exit."""
+    code = textwrap.dedent("""\
+        import importlib.metadata, json, sys
+        from popcon_site import normalize_name
+        from popcon_site._attribution import site_dirs
+        from popcon_site._ipython import declared_requirements, requirements_on_disk
+        names = {normalize_name(d.metadata["Name"]) for d in importlib.metadata.distributions()}
+        listings = {}
+        print(json.dumps({
+            name: [declared_requirements(name), requirements_on_disk(name, site_dirs(), listings)]
+            for name in sorted(names)
+        }))
+        """)
+    proc = jupyter.run("-c", code, env=base_environ())
+    assert proc.returncode == 0, proc.stderr
+    found = json.loads(proc.stdout)
+    assert len(found) > 30 and "python-dateutil" in found["arrow"][0]
+    assert {name: pair for name, pair in found.items() if pair[0] != pair[1]} == {}

@@ -18,13 +18,74 @@ from support.wire import per_process
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory, wheel: Path) -> Env:
     env = make_env(tmp_path_factory.mktemp("processes") / "venv")
-    env.install(str(wheel), "six", "typing_extensions", "attrs", "idna")
+    env.install(str(wheel), "six", "typing_extensions", "attrs", "idna", "pyyaml")
     return env
 
 
 def packets_by_process(sink: UdpSink) -> list[frozenset[str]]:
     """One set of libraries per received report (each process sends one datagram here)."""
     return per_process(sink.drain())
+
+
+# A lookup is not an import (issue 25): importlib.util.find_spec() asks every finder,
+# the watcher included, without loading anything.  Each process here sends one datagram
+# at exit, which also holds `reports`, so an empty set still proves that it reported.
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [
+        ("assert importlib.util.find_spec('six')", set()),
+        ("assert importlib.util.find_spec('six'); import attr", {"attrs"}),
+        # The lookup of a submodule imports its parent package, which counts.
+        ("assert importlib.util.find_spec('yaml.constructor')", {"pyyaml"}),
+        ("assert importlib.util.find_spec('yaml.nosuch') is None", {"pyyaml"}),
+        ("assert importlib.util.find_spec('nosuch') is None; import six", {"six"}),
+        # Deleted right after its import, with no import after it: still counts.
+        ("import six; del sys.modules['six']", {"six"}),
+        ("import six; del sys.modules['six']; assert importlib.util.find_spec('six')", {"six"}),
+        ("import six, attr; del sys.modules['six']; import idna", {"six", "attrs", "idna"}),
+        # Probes from another thread while the main one imports.
+        (
+            "import threading\n"
+            "probes = lambda: [importlib.util.find_spec('attr') for _ in range(200)]\n"
+            "t = threading.Thread(target=probes); t.start(); import six; t.join()",
+            {"six"},
+        ),
+    ],
+    ids=[
+        "probe",
+        "probe-then-other-import",
+        "probe-submodule",
+        "probe-missing-submodule",
+        "probe-missing",
+        "import-then-delete",
+        "import-delete-probe",
+        "delete-then-other-import",
+        "probe-in-thread",
+    ],
+)
+def test_a_lookup_is_not_an_import(
+    env: Env, sink: UdpSink, home: Path, code: str, expected: set[str]
+) -> None:
+    proc = env.run("-c", "import importlib.util, sys\n" + code, env=enabled(sink, home))
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert packets_by_process(sink) == [expected]
+
+
+def test_a_module_run_with_dash_m_counts(
+    env: Env, sink: UdpSink, home: Path, tmp_path: Path
+) -> None:
+    # runpy finds six with find_spec() and runs it as __main__: it is never imported.
+    proc = env.run("-m", "six", env=enabled(sink, home))
+    assert (proc.returncode, proc.stderr) == (0, "")
+    # `-m tool` imports the package tool on the way: its own lookups are lookups.
+    (tmp_path / "tool").mkdir()
+    (tmp_path / "tool" / "__init__.py").write_text(
+        "import importlib.util\nassert importlib.util.find_spec('attr')\n"
+    )
+    (tmp_path / "tool" / "__main__.py").write_text("import idna\n")
+    proc = env.run("-m", "tool", env=enabled(sink, home), cwd=tmp_path)
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert packets_by_process(sink) == [{"six"}, {"idna"}]
 
 
 def test_imports_in_threads_count(env: Env, sink: UdpSink, home: Path) -> None:

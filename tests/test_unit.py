@@ -13,7 +13,7 @@ import pytest
 import statsd
 
 import popcon_site
-from popcon_site import _hooks, _index, _report, _select
+from popcon_site import _hooks, _index, _ipython, _report, _select
 from popcon_site._indexer import shortest_unique_prefixes
 
 
@@ -328,3 +328,23 @@ def test_a_dist_info_without_record_or_top_level_owns_the_module_named_like_it(
     (tmp_path / "numpy" / "__init__.py").write_text("")
     (tmp_path / "numpyish.py").write_text("")
     assert build(str(tmp_path)).owners == {"numpy": "numpy"}
+
+
+def test_requirements_read_from_metadata_files_inside_a_collection(tmp_path: Path) -> None:
+    """What a checkpoint inside the program's work reads instead of importlib.metadata:
+    the header only (CRLF lines too), never a header it could not read whole."""
+    site = tmp_path / "site-packages"
+    crlf = site / "Crlf_Pkg-1.0.dist-info"
+    crlf.mkdir(parents=True)
+    (crlf / "METADATA").write_bytes(
+        b"Metadata-Version: 2.1\r\nName: crlf-pkg\r\nRequires-Dist: six>=1\r\n"
+        b"Requires-Dist: attrs; extra == 'x'\r\n\r\nRequires-Dist: in-the-description\r\n"
+    )
+    big = site / "big-2.0.dist-info"
+    big.mkdir()
+    (big / "METADATA").write_text("Name: big\n" + "Requires-Dist: six\n" * 20000)  # 360 KB
+    listings: dict[str, list[str]] = {}
+    assert _ipython.requirements_on_disk("crlf-pkg", [str(site)], listings) == ["six"]
+    assert _ipython.requirements_on_disk("big", [str(site)], listings) is None
+    assert _ipython.requirements_on_disk("absent", [str(site)], listings) is None
+    assert list(listings) == [str(site)]  # listed once for the three

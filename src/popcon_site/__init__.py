@@ -19,6 +19,8 @@
 
 import os
 import sys
+from _thread import allocate_lock as _allocate_lock  # built in, loaded by importlib already
+from _thread import interrupt_main as _interrupt_main
 from time import monotonic as _monotonic  # loaded already: no import at start-up
 
 __version__ = "1.0.0"
@@ -98,12 +100,8 @@ def normalize_name(name: str) -> str:
 def is_safe_name(name: str) -> bool:
     # True for a normalized name that can only ever be one metric component.  Checked
     # right before sending, whatever the index says, so metadata never injects a line.
-    return (
-        0 < len(name) <= MAX_NAME
-        and set(name) <= _NAME_CHARS
-        and name[0] != "-"
-        and name[-1] != "-"
-    )
+    fits = 0 < len(name) <= MAX_NAME and set(name) <= _NAME_CHARS
+    return fits and name[0] != "-" and name[-1] != "-"
 
 
 ENV_CHECKPOINT = "PYTHON_POPCONTEST_CHECKPOINT"
@@ -111,38 +109,48 @@ CHECKPOINT_DELAY = 10.0  # seconds from activation to the first checkpoint
 _NEVER = float("inf")
 
 
-# A sys.meta_path finder that finds nothing and notes every name asked for:
-# sys.modules at exit shows what is still loaded, this adds modules that were
-# imported and then deleted.  While start-up is still running it also watches for
-# the first import that does not come from `site` (see Session).
+# A sys.meta_path finder that finds nothing and notes every name an import asks for, so
+# that modules imported then deleted count too; not a find_spec() lookup: only an import
+# holds the name's lock in importlib's _module_locks while it asks.  During start-up it
+# also watches for the first import that does not come from `site` (see Session).
 class ImportWatcher:
-    __slots__ = ("seen", "session")
+    __slots__ = ("importing", "seen", "session")
 
     def __init__(self, session: "Session") -> None:
         self.seen: set[str] = set()
         self.session = session
+        self.importing = getattr(sys.modules.get("_frozen_importlib"), "_module_locks", {})
 
     def find_spec(self, fullname: str, path: object = None, target: object = None) -> None:
         if not _called_from_site():
             self.session.start_up_over()
-        self.seen.add(fullname)
-        if _monotonic() >= self.session.due:
-            _checkpoint_due("import")
+        _SteadyWatcher.find_spec(self, fullname)  # type: ignore[arg-type]  # same slots
 
     def invalidate_caches(self) -> None:
         pass  # nothing cached; importlib calls this on every finder
 
 
-# The same watcher once start-up is over: only the set.add() and the checkpoint's
-# clock are left (~0.6 us per new module).  Same slots, so the object in
-# sys.meta_path changes class.
+# The same watcher once start-up is over (same slots: the object changes class).
 class _SteadyWatcher(ImportWatcher):
     __slots__ = ()
 
     def find_spec(self, fullname: str, path: object = None, target: object = None) -> None:
-        self.seen.add(fullname)
+        if fullname in self.importing or _searching_for_main():
+            self.seen.add(fullname)
         if _monotonic() >= self.session.due:
             _checkpoint_due("import")
+
+
+def _searching_for_main() -> bool:
+    # `python -m six`: runpy finds six by find_spec() and runs it as __main__, unimported:
+    # it counts.  Only runpy's own lookup (4-5 frames up), not one by `-m pkg.tool`'s pkg.
+    try:
+        if sys.argv[0] != "-m":
+            return False
+        caller = (frame := sys._getframe(4)).f_back or frame
+        return "runpy" in (frame.f_globals.get("__name__"), caller.f_globals.get("__name__"))
+    except Exception:
+        return False
 
 
 def _called_from_site() -> bool:
@@ -213,7 +221,7 @@ class Session:
         self.due = _monotonic() + self.delay
 
     def imported_names(self) -> "set[str]":
-        # Modules imported since activation: still loaded, or seen by the watcher.
+        # Modules imported since activation: still loaded, or whose import the watcher saw.
         loaded: set[str] = set()
         for _attempt in range(3):  # a daemon thread importing during exit can resize it
             try:
@@ -246,12 +254,6 @@ class Session:
 
 _session = None  # type: Session | None
 _collection_hooks = []  # type: list[Callable[[str, dict[str, int]], object]]
-
-
-def _allocate_lock() -> "Any":
-    import _thread  # built in, and loaded by the import system already
-
-    return _thread.allocate_lock()
 
 
 def _checkpoint_delay() -> float:
@@ -348,9 +350,7 @@ def _deliver_again(exc: BaseException) -> None:
     try:
         if sys.getprofile() is not None:
             if isinstance(exc, KeyboardInterrupt):
-                import _thread
-
-                _thread.interrupt_main()
+                _interrupt_main()
             return
 
         def raise_outside(frame: "FrameType", event: str, arg: object) -> None:

@@ -5,8 +5,11 @@ they declare they need (Requires-Dist without an ``extra`` marker, transitively)
 those never count, though the kernel keeps importing their submodules between cells,
 unless the user's code imports one by name (a cell's ``import psutil``) or something
 counted requires it (``import arrow``: arrow and the python-dateutil the kernel had
-loaded, as in a script).  Everything else counts, including what the user's own
-startup files imported before ours ran (IPython runs them all in path order).
+loaded, as in a script).  The same holds for every distribution the kernel loaded
+before our startup file ran: the machinery's optional imports (jupyter_client tries
+msgpack and orjson), and what the user's startup files sorted before ours imported,
+which counts when their import lines name it (IPython runs them all in path order).
+Everything else counts.
 """
 
 import os
@@ -28,6 +31,7 @@ class Kernel:
     # What a kernel's checkpoints and exit report need to tell the user's code from
     # the machinery; created once, by our startup file.
     __slots__ = (
+        "host",
         "loaded",
         "machinery",
         "named",
@@ -35,7 +39,6 @@ class Kernel:
         "requires",
         "shell",
         "startup",
-        "startup_owners",
         "unread",
     )
 
@@ -43,7 +46,7 @@ class Kernel:
         self.machinery = machinery  # distribution -> the distributions it requires
         self.requires: dict[str, list[str]] = {}  # the same, read for counted ones
         self.startup = startup  # modules loaded by the kernel before our startup file
-        self.startup_owners: frozenset[str] | None = None  # their distributions, once known
+        self.host: frozenset[str] | None = None  # the machinery and their owners, once known
         self.named: set[str] = set()  # top-level modules the user's code imports
         self.named_owners: set[str] = set()  # their distributions, once loaded
         self.loaded: set[str] = set()  # distributions with a module loaded so far
@@ -65,13 +68,16 @@ class Kernel:
         # files may be read and the named modules attributed (after a cell, at exit);
         # otherwise that part waits for the next call that may.  module_files is
         # _report's, passed in: _report calls this module, never the other way round.
-        if self.startup_owners is None:
-            found = attributor.owners(module_files(self.startup))
-            if may_read:
-                self.startup_owners = frozenset(found)
-            else:
-                owners = owners | found  # a cold index may leave some out: again next time
-        self.loaded |= owners | (self.startup_owners or frozenset())
+        host = self.host
+        if host is None:
+            # The machinery: the declared closure, and whatever the kernel loaded before
+            # our startup file (jupyter_client's optional msgpack and orjson, for one).
+            startup = attributor.owners(module_files(self.startup))
+            self.loaded |= startup
+            host = frozenset(self.machinery.keys() | startup)
+            if may_read:  # else a cold index may leave some out: again next time
+                self.host = host
+        self.loaded |= owners
         while may_read and self.unread:
             try:
                 self.note_imports(read_source(self.unread.pop()))
@@ -81,18 +87,21 @@ class Kernel:
         if named:
             self.named.difference_update(named)
             self.named_owners |= attributor.owners(module_files(named))
-        counting = {name for name in self.loaded if name not in self.machinery} | sent
+        counting = {name for name in self.loaded if name not in host} | sent
         counting |= self.named_owners & self.loaded
         todo = list(counting)
+        listings: dict[str, list[str]] = {}  # site directory -> its entries, for this call
         while todo:
-            for required in self._requirements(todo.pop(), may_read):
-                loaded = required in self.machinery and required in self.loaded
+            for required in self._requirements(todo.pop(), may_read, attributor, listings):
+                loaded = required in host and required in self.loaded
                 if loaded and required not in counting:
                     counting.add(required)
                     todo.append(required)
         return counting
 
-    def _requirements(self, name: str, may_read: bool) -> "list[str]":
+    def _requirements(
+        self, name: str, may_read: bool, attributor: "Attributor", listings: "dict[str, list[str]]"
+    ) -> "list[str]":
         known = self.machinery.get(name)
         if known is None:
             known = self.requires.get(name)
@@ -102,6 +111,15 @@ class Kernel:
             except Exception:
                 known = []  # no metadata: nothing it needs is known
             self.requires[name] = known
+        elif known is None:
+            # Inside the program's work (a collection, an import): no importlib.metadata,
+            # the files themselves; what they cannot tell waits for a call that may read.
+            try:
+                known = requirements_on_disk(name, attributor.site_dirs, listings)
+            except Exception:
+                known = None
+            if known is not None:
+                self.requires[name] = known
         return known or []
 
     def note_imports(self, source: str) -> None:
@@ -142,13 +160,52 @@ def declared_requirements(name: str) -> "list[str]":
     distribution = importlib.metadata.distribution(name)
     text = distribution.read_text("METADATA")
     if text is not None:
-        head = text.partition("\n\n")[0].splitlines()
-        key = "Requires-Dist:"
-        lines = [line[len(key) :] for line in head if line.startswith(key)]
-    elif distribution.read_text("PKG-INFO") is not None:
-        lines = distribution.requires or []  # an .egg-info: requires.txt
-    else:
-        raise LookupError(f"no metadata for {name}")
+        return requires_dist(text)
+    if distribution.read_text("PKG-INFO") is not None:
+        return requirement_names(distribution.requires or [])  # an .egg-info: requires.txt
+    raise LookupError(f"no metadata for {name}")
+
+
+def requirements_on_disk(
+    name: str, site_dirs: "list[str]", listings: "dict[str, list[str]]"
+) -> "list[str] | None":
+    # declared_requirements() without importing anything, for a checkpoint inside the
+    # program's work: the METADATA of the first <name>-<version>.dist-info in the site
+    # directories, in sys.path order (as importlib.metadata looks); None without one
+    # (an .egg-info: left to a call that may read).  One listing per site directory
+    # and call, ~0.1 ms for a few hundred entries, and one read per distribution.
+    ordered = [entry for entry in sys.path if entry in site_dirs] + site_dirs
+    for site_dir in ordered:
+        entries = listings.get(site_dir)
+        if entries is None:
+            try:
+                entries = listings[site_dir] = os.listdir(site_dir)
+            except OSError:
+                entries = listings[site_dir] = []
+        for entry in entries:
+            stem, dash, _ = entry.partition("-")
+            if dash and entry.endswith(".dist-info") and popcon_site.normalize_name(stem) == name:
+                with open(os.path.join(site_dir, entry, "METADATA"), "rb") as file:
+                    data = file.read(MAX_METADATA_READ)  # the header, not a whole README
+                text = data.decode("utf-8", "replace").replace("\r\n", "\n").replace("\r", "\n")
+                if "\n\n" not in text and len(data) == MAX_METADATA_READ:
+                    return None  # a header longer than that: left to a call that may read
+                return requires_dist(text)
+    return None
+
+
+MAX_METADATA_READ = 256 * 1024  # real headers take a few KB; the description follows
+
+
+def requires_dist(metadata: str) -> "list[str]":
+    # The requirement names of a METADATA text's header (its Requires-Dist lines).
+    head = metadata.partition("\n\n")[0].splitlines()
+    key = "Requires-Dist:"
+    return requirement_names([line[len(key) :] for line in head if line.startswith(key)])
+
+
+def requirement_names(lines: "list[str]") -> "list[str]":
+    # Normalized names of these requirement specifiers, those under an extra left out.
     found = []
     for line in lines:
         spec, _, marker = line.partition(";")

@@ -235,8 +235,9 @@ def module_file(module: object) -> "str | None":
 
 def module_files(names: "Iterable[str]", seen: "Iterable[str]" = ()) -> "set[str]":
     # The files of these modules; blocked (None) entries and the stdlib have none.
-    # ``seen``: names the watcher saw looked up.  An entry the program replaced after
-    # importing it (by None, or by an object that is not a module) is looked up again.
+    # ``seen``: names the watcher saw an import ask for (never a mere find_spec()).  An
+    # entry the program replaced after importing it (by None, or by an object that is
+    # not a module) is looked up again.
     modules = sys.modules
     looked_up = set(seen)
     stdlib_names: frozenset[str] = getattr(sys, "stdlib_module_names", frozenset())
