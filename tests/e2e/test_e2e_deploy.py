@@ -9,6 +9,7 @@ files against a live Prometheus fed by real processes.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -443,16 +444,60 @@ def test_systemd_units_are_valid() -> None:
             assert not problems, (path.name, problems)
 
 
-def test_jupyterhub_snippet_passes_the_settings_to_single_user_servers() -> None:
+def _run_jupyterhub_snippet(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], **environ: str
+) -> tuple[dict[str, str], str]:
     from traitlets.config import Config
 
+    for key in list(os.environ):
+        if key.startswith("PYTHON_POPCONTEST_") or key == "POPCON_SITE_ENV_FILE":
+            monkeypatch.delenv(key)
+    for key, value in environ.items():
+        monkeypatch.setenv(key, value)
     c = Config()
     code = (VM / "jupyterhub_config.d" / "popcon-site.py").read_text()
     exec(compile(code, "popcon-site.py", "exec"), {"get_config": lambda: c})
-    jupyterhub_default = ["PATH", "PYTHONPATH", "CONDA_ROOT", "CONDA_DEFAULT_ENV", "VIRTUAL_ENV"]
-    keep = c.Spawner.env_keep.get_value(list(jupyterhub_default))
-    assert keep[: len(jupyterhub_default)] == jupyterhub_default
-    assert set(keep) >= POPCON_KEYS >= set(env_file(VM / "popcon-site.env"))
+    environment: dict[str, str] = c.Spawner.environment.get_value({})  # what the hub merges
+    return environment, capsys.readouterr().err
+
+
+def test_jupyterhub_snippet_reads_the_env_file_however_the_hub_started(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A hub started by hand, in a container or by TLJH has none of the settings in its
+    # environment: the snippet reads /etc/popcon-site/env (here, the shipped file) itself.
+    shipped = env_file(VM / "popcon-site.env")
+    environment, err = _run_jupyterhub_snippet(
+        monkeypatch, capsys, POPCON_SITE_ENV_FILE=str(VM / "popcon-site.env")
+    )
+    assert environment == shipped and err == ""
+    # The hub's own environment (the systemd drop-in, `docker run -e`) wins over the file.
+    environment, err = _run_jupyterhub_snippet(
+        monkeypatch,
+        capsys,
+        POPCON_SITE_ENV_FILE=str(VM / "popcon-site.env"),
+        PYTHON_POPCONTEST_STATSD_HOST="10.0.0.5",
+        PYTHON_POPCONTEST_STATSD_PREFIX="python_popcon.namespace.a.library_used",
+    )
+    assert environment == {
+        **shipped,
+        "PYTHON_POPCONTEST_STATSD_HOST": "10.0.0.5",
+        "PYTHON_POPCONTEST_STATSD_PREFIX": "python_popcon.namespace.a.library_used",
+    }
+    assert err == ""
+
+
+def test_jupyterhub_snippet_says_when_servers_will_not_report(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    environment, err = _run_jupyterhub_snippet(
+        monkeypatch, capsys, POPCON_SITE_ENV_FILE=str(tmp_path / "missing")
+    )
+    assert environment == {}
+    assert err == (
+        "popcon-site: no PYTHON_POPCONTEST_* settings in the hub's environment nor in "
+        f"{tmp_path / 'missing'}: single-user servers will not report\n"
+    )
 
 
 # -- the inventory script -----------------------------------------------------------------
