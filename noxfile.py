@@ -201,6 +201,7 @@ def _start_file_cost(session: nox.Session) -> None:
 # End-to-end: the servers the tests start (tests/e2e/servers.py), all from Debian or npm.
 E2E_DEBS = ["collectd-core", "libprotobuf-c1", "libmicrohttpd12", "prometheus", "victoria-metrics"]
 E2E_STATSD_DAEMON = "statsd@0.9.0"  # the reference (Etsy) statsd daemon
+E2E_PROXY = "configurable-http-proxy@5.3.0"  # JupyterHub's proxy (test_e2e_jupyterhub.py)
 E2E_NODE = ROOT / ".nox" / "e2e-node"
 
 
@@ -230,7 +231,22 @@ def e2e(session: nox.Session) -> None:
             E2E_STATSD_DAEMON,
             external=True,
         )
-    session.install(*TEST_DEPS, "pyyaml", "traitlets", ".")
+    if not (E2E_NODE / "node_modules" / ".bin" / "configurable-http-proxy").is_file():
+        session.run(
+            "npm",
+            "install",
+            "--no-audit",
+            "--no-fund",
+            "--omit=optional",
+            "--prefix",
+            str(E2E_NODE),
+            E2E_STATSD_DAEMON,
+            E2E_PROXY,
+            external=True,
+        )
+    # JupyterHub's test builds its hub's venv itself, with Debian's /usr/bin/python3.
+    _ensure_debs(session, ["python3-venv"])
+    session.install(*TEST_DEPS, "pyyaml", "traitlets", "websocket-client", ".")
     session.run(
         "python",
         "-m",
