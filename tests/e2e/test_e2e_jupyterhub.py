@@ -21,7 +21,6 @@ import pwd
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -38,7 +37,6 @@ from servers import DEPLOY
 from support.ports import free_port
 from support.sinks import UdpSink
 from support.wire import PREFIX, REPORTS_NAME, counters
-
 
 SNIPPET = DEPLOY / "vm" / "jupyterhub_config.d" / "popcon-site.py"
 SYSTEM_PYTHON = "/usr/bin/python3"
