@@ -104,6 +104,10 @@ def test_install_from_checkout(
     assert (env.root / STARTUP_FILE).read_bytes() == (
         ROOT / "share" / "ipython-startup" / "00-popcon-site.py"
     ).read_bytes()
+    # Jupyter servers of the environment load popcon-site's extension (_jupyter_server).
+    assert (env.root / "etc/jupyter/jupyter_server_config.d/popcon-site.json").read_bytes() == (
+        ROOT / "share" / "jupyter-server-config" / "popcon-site.json"
+    ).read_bytes()
 
     where = env.run("-c", "import popcon_site; print(popcon_site.__file__)")
     assert where.returncode == 0, where.stderr
