@@ -132,10 +132,6 @@ class Hub:
         return {owners[path] for path in json.loads(proc.stdout) if path in owners}
 
 
-def _user_home(user: str) -> Path:
-    return Path(pwd.getpwnam(user).pw_dir)
-
-
 @pytest.fixture(scope="module")
 def hub(wheel: Path) -> Iterator[Hub]:
     if os.geteuid() != 0:  # useradd, and the spawner's setuid
@@ -227,14 +223,24 @@ load_subconfig({str(SNIPPET)!r})
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
-        # The single-user servers and kernels run as the test users: end what is left.
-        for user in USERS:
-            subprocess.run(["pkill", "-KILL", "-u", user], capture_output=True)
-        time.sleep(0.5)
+        # What is left runs as the test users, all of it started here: kernels outlive a
+        # server stopped with SIGINT (jupyter_server does not shut them down).
+        _kill_processes_of({pwd.getpwnam(user).pw_uid for user in USERS})
         for user in USERS:
             subprocess.run(["userdel", "-r", user], capture_output=True)
         sink.close()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _kill_processes_of(uids: set[int]) -> None:
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if entry.stat().st_uid in uids:
+                    os.kill(int(entry.name), signal.SIGKILL)
+            except OSError:
+                continue
+    time.sleep(0.5)
 
 
 def _start_server(hub: Hub, user: str) -> None:
