@@ -12,7 +12,7 @@ from pathlib import Path
 import nox
 
 ROOT = Path(__file__).parent
-nox.options.sessions = ["lint", "dist", "tests", "tests_sid", "e2e", "reliability", "hpc"]
+nox.options.sessions = ["lint", "docs", "dist", "tests", "tests_sid", "e2e", "reliability", "hpc"]
 nox.options.reuse_existing_virtualenvs = True
 
 TEST_DEPS = ["pytest", "pytest-xdist", "uv", "hatchling", "statsd", "importlib-metadata"]
@@ -313,6 +313,15 @@ def hpc(session: nox.Session) -> None:
     session.run("python", "-m", "pytest", "tests_hpc", "-p", "no:cacheprovider", *session.posargs)
 
 
+@nox.session(python="3.11")
+def docs(session: nox.Session) -> None:
+    """The manual (docs/, mkdocs.yml): --strict, so a broken link or anchor fails; the
+    commands' --help in it comes from the installed package (docs/hooks/command_help.py)."""
+    session.install("mkdocs==1.6.1", ".")
+    out = ROOT / ".nox" / "site"
+    session.run("mkdocs", "build", "--strict", "--site-dir", str(out))
+
+
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff (lint + format check) and mypy --strict on src/."""
@@ -325,6 +334,7 @@ def lint(session: nox.Session) -> None:
         "benchmarks",
         "noxfile.py",
         "hatch_build.py",
+        "docs/hooks",
     ]
     session.run("ruff", "check", *paths)
     session.run("ruff", "format", "--check", *paths)
