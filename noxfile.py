@@ -12,12 +12,13 @@ from pathlib import Path
 import nox
 
 ROOT = Path(__file__).parent
-nox.options.sessions = ["lint", "dist", "tests", "tests_sid", "e2e", "reliability", "hpc"]
+nox.options.sessions = ["lint", "docs", "dist", "tests", "tests_sid", "e2e", "reliability", "hpc"]
 nox.options.reuse_existing_virtualenvs = True
 
 TEST_DEPS = ["pytest", "pytest-xdist", "uv", "hatchling", "statsd", "importlib-metadata"]
 # Most of a test is waiting on child interpreters: two workers use both cores.
 PYTEST_ARGS = ["-n", "2"]
+ONCE_PYTHON = "3.11"  # the `tests` session that also runs the tests marked `once`
 SID_ROOT = Path(os.environ.get("POPCON_SID_ROOT", "/var/tmp/popcon-sid"))
 SID_PYTHONS = ["3.14", "3.15"]
 
@@ -40,7 +41,10 @@ def tests(session: nox.Session) -> None:
     """The whole test suite against real venvs, the built wheel and real PyPI packages."""
     _ensure_debs(session, ["prometheus", "chromium"])  # unused/top query a real one; serve's page
     session.install(*TEST_DEPS, ".")
-    session.run("python", "-m", "pytest", *(session.posargs or PYTEST_ARGS))
+    # Tests marked `once` do not depend on the interpreter (a browser, a venv of
+    # Debian's python3, a Prometheus scrape): one session runs them, not seven.
+    once = [] if session.python == ONCE_PYTHON else ["-m", "not once"]
+    session.run("python", "-m", "pytest", *(session.posargs or [*PYTEST_ARGS, *once]))
 
 
 @nox.session(python="3.11")
@@ -90,7 +94,8 @@ def tests_sid(session: nox.Session) -> None:
                 f"set -e; rm -rf {venv}; python{version} -m venv {venv}; "
                 f"{venv}/bin/pip install --quiet {' '.join(TEST_DEPS)} /src; "
                 f"cd /src && {venv}/bin/python -m pytest -p no:cacheprovider "
-                + shlex.join(session.posargs or PYTEST_ARGS)  # `-- -k "a or b"` stays one word
+                # `-- -k "a or b"` stays one word; `once` tests ran in tests-3.11
+                + shlex.join(session.posargs or [*PYTEST_ARGS, "-m", "not once"])
             )
             session.run(
                 "chroot",
@@ -324,6 +329,15 @@ def hpc(session: nox.Session) -> None:
     session.run("python", "-m", "pytest", "tests_hpc", "-p", "no:cacheprovider", *session.posargs)
 
 
+@nox.session(python="3.11")
+def docs(session: nox.Session) -> None:
+    """The manual (docs/, mkdocs.yml): --strict, so a broken link or anchor fails; the
+    commands' --help in it comes from the installed package (docs/hooks/command_help.py)."""
+    session.install("mkdocs==1.6.1", ".")
+    out = ROOT / ".nox" / "site"
+    session.run("mkdocs", "build", "--strict", "--site-dir", str(out))
+
+
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff (lint + format check) and mypy --strict on src/."""
@@ -336,6 +350,7 @@ def lint(session: nox.Session) -> None:
         "benchmarks",
         "noxfile.py",
         "hatch_build.py",
+        "docs/hooks",
     ]
     session.run("ruff", "check", *paths)
     session.run("ruff", "format", "--check", *paths)

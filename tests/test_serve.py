@@ -18,7 +18,6 @@ import socket
 import sqlite3
 import struct
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -984,7 +983,7 @@ def seeded_numpy(first_back: int, last_back: int) -> int:
     return sum(1 + (363 - back) // 30 for back in range(first_back, last_back + 1))
 
 
-@pytest.mark.skipif(sys.version_info[:2] != (3, 11), reason="the browser runs once, on 3.11")
+@pytest.mark.once  # the browser runs once, on 3.11
 def test_the_page_in_a_real_browser(env: Env, tmp_path: Path) -> None:
     db = tmp_path / "store.db"
     seed_history(db)
@@ -1069,7 +1068,7 @@ def test_the_page_in_a_real_browser(env: Env, tmp_path: Path) -> None:
             shutil.copy(path, Path(keep) / name)
 
 
-@pytest.mark.skipif(sys.version_info[:2] != (3, 11), reason="once: it builds a venv of python3")
+@pytest.mark.once  # once: it builds a venv of python3
 def test_the_quickstart_demo(tmp_path: Path) -> None:
     """scripts/demo, as README's Quickstart runs it first: serve, processes, top, unused."""
     proc = subprocess.run(
@@ -1116,7 +1115,7 @@ def wait_for_value(url: str, expr: str, expected: float) -> None:
         time.sleep(0.2)
 
 
-@pytest.mark.skipif(sys.version_info[:2] != (3, 11), reason="once: a real Prometheus scrapes")
+@pytest.mark.once  # once: a real Prometheus scrapes
 def test_prometheus_scrapes_metrics_and_the_counters_survive_a_restart(
     env: Env, tmp_path: Path
 ) -> None:

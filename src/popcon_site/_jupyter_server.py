@@ -1,4 +1,4 @@
-"""Jupyter servers: the server process itself never reports (README, Jupyter servers).
+"""Jupyter servers: the server process itself never reports (docs/configuration.md).
 
 A Jupyter server (``jupyterhub-singleuser``, ``jupyter-lab``, ``jupyter-server``) is the
 hub's machinery, not a user's program: counting the ~76 distributions it loads at every

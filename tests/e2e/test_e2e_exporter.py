@@ -287,8 +287,8 @@ def test_exporter_exposes_exactly_the_documented_series(pipeline: Pipeline) -> N
 
 
 def readme_mappings() -> list[str]:
-    """The mapping configs the top-level README shows (plain, and inside Helm values)."""
-    text = (DEPLOY.parent / "README.md").read_text()
+    """The mapping configs the manual shows (plain, and inside Helm values)."""
+    text = (DEPLOY.parent / "docs" / "deploying.md").read_text()
     found = []
     for block in re.findall(r"```yaml\n(.*?)```", text, re.S):
         config = yaml.safe_load(block)
