@@ -159,7 +159,11 @@ def test_status_reports_hook_config_and_index(env: Env, home: Path) -> None:
     assert isinstance(data, dict)
     site = str(env.site_packages)
     files = {hook["file"] for hook in data["hook"]["files"]}
-    assert files == {f"{site}/{HOOK_FILE}", str(env.root / "etc/ipython/startup/00-popcon-site.py")}
+    assert files == {
+        f"{site}/{HOOK_FILE}",
+        str(env.root / "etc/ipython/startup/00-popcon-site.py"),
+        str(env.root / "etc/jupyter/jupyter_server_config.d/popcon-site.json"),
+    }
     assert data["hook"]["used_by_this_python"] == HOOK_FILE
     assert data["hook"]["installed"] is True
     assert data["python"]["executable"] == str(env.python)

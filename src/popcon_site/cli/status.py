@@ -41,6 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 IPYTHON_STARTUP = os.path.join("etc", "ipython", "startup", "00-popcon-site.py")
+SERVER_CONFIG = os.path.join("etc", "jupyter", "jupyter_server_config.d", "popcon-site.json")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,6 +54,9 @@ def run(args: argparse.Namespace) -> int:
         ipython = os.path.join(prefix, IPYTHON_STARTUP)
         if os.path.isfile(ipython):
             hooks.append({"file": ipython, "role": "IPython start-up file, for Jupyter kernels"})
+        server = os.path.join(prefix, SERVER_CONFIG)
+        if os.path.isfile(server):
+            hooks.append({"file": server, "role": "Jupyter server config: servers never report"})
     hook_file, hook_installed = hook["used_by_this_python"], hook["installed"]
 
     raw_enable = os.environ.get(ENV_ENABLE)
