@@ -39,6 +39,7 @@ def _interpreters() -> list[str]:
 def tests(session: nox.Session) -> None:
     """The whole test suite against real venvs, the built wheel and real PyPI packages."""
     _ensure_debs(session, ["prometheus", "chromium"])  # unused/top query a real one; serve's page
+    _ensure_debs(session, ["faketime"])  # tests/test_users.py: a month boundary, time injected
     session.install(*TEST_DEPS, ".")
     session.run("python", "-m", "pytest", *(session.posargs or PYTEST_ARGS))
 

@@ -62,8 +62,14 @@ def enabled(sink: UdpSink, home: Path, **extra: str) -> dict[str, str]:
 
 
 def reporting_to(port: int, home: Path, **extra: str) -> dict[str, str]:
-    """Environment variables of a process that reports to 127.0.0.1:port, HOME ``home``."""
+    """Environment variables of a process that reports to 127.0.0.1:port, HOME ``home``.
+
+    User counters (issue 23) are off here, so that the suites' exact wire assertions
+    stay what they were; tests/test_users.py and the e2e privacy tests turn them on
+    (``PYTHON_POPCONTEST_USERS="1"``) and assert the user lines exactly.
+    """
     values = {
+        "PYTHON_POPCONTEST_USERS": "0",
         "HOME": str(home),
         "XDG_CACHE_HOME": str(home / ".cache"),
         "PYTHON_POPCONTEST_ENABLE": "1",
