@@ -757,7 +757,7 @@ def test_a_sigkill_loses_nothing_committed_and_a_restart_continues(
         ("attrs", 5),
         ("numpy", 3),
     ]
-    assert stored_version(db) == 2
+    assert stored_version(db) == 3
 
 
 def test_the_json_banner_and_a_larger_receive_buffer(env: Env, tmp_path: Path) -> None:
