@@ -188,6 +188,7 @@ def status(prefix: str) -> "tuple[bool, str]":
     if fd is None and not (index.private_dir(cache_dir) and index.private_dir(directory)):
         return False, f"not counted: {directory} cannot be made ours (read-only or not ours)"
     if fd is None:
+        _remove_other_months(os.path.dirname(directory), os.path.basename(directory))
         fd = _open_dir(directory)
         if fd is None:
             return False, f"not counted: {directory} is not a private directory of ours"
