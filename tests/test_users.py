@@ -218,6 +218,8 @@ def test_status_says_whether_users_are_counted(env: Env, home: Path) -> None:
 
     def users_row(**extra: str) -> str:
         environ = base_environ(HOME=str(home), PYTHON_POPCONTEST_ENABLE="1", **extra)
+        if "PYTHON_POPCONTEST_USERS" not in extra:
+            del environ["PYTHON_POPCONTEST_USERS"]  # the default: on
         proc = subprocess.run([script, "status"], capture_output=True, text=True, env=environ)
         assert proc.returncode == 0, proc.stderr
         (line,) = [line for line in proc.stdout.splitlines() if line.startswith("users ")]
@@ -283,8 +285,9 @@ def as_user(
         PYTHON_POPCONTEST_STATSD_HOST="127.0.0.1",
         PYTHON_POPCONTEST_STATSD_PORT=str(port),
     )
-    for variable in ("HOME", "XDG_CACHE_HOME"):
-        environ.pop(variable, None)  # runuser sets HOME from the password database
+    # The default (user counters on); runuser sets HOME from the password database.
+    for variable in ("HOME", "XDG_CACHE_HOME", "PYTHON_POPCONTEST_USERS"):
+        environ.pop(variable, None)
     proc = subprocess.Popen(
         ["runuser", "-u", user, "--", str(env.python), "-c", code],
         env=environ,
@@ -337,7 +340,11 @@ def test_real_users_with_their_own_homes(
         ["runuser", "-u", c, "--", str(public.root / "bin/popcon-site"), "status"],
         capture_output=True,
         text=True,
-        env={k: v for k, v in base_environ().items() if k not in ("HOME", "XDG_CACHE_HOME")},
+        env={
+            k: v
+            for k, v in base_environ().items()
+            if k not in ("HOME", "XDG_CACHE_HOME", "PYTHON_POPCONTEST_USERS")
+        },
         cwd="/",
     )
     assert status.returncode == 0, status.stderr
