@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from support.envs import Env, base_environ, enabled, make_env
-from support.sinks import UdpSink
+from support.envs import Env, base_environ, enabled, make_env, reporting_to
+from support.sinks import TcpCollector, UdpSink
 from support.wire import counters
 
 ON = {"PYTHON_POPCONTEST_USERS": "1"}
@@ -102,6 +102,32 @@ def test_default_is_on_and_the_setting_turns_it_off(env: Env, sink: UdpSink, hom
         run(env, "import six", enabled(sink, other, PYTHON_POPCONTEST_USERS=word))
         assert counters(sink.drain()) == {USED + "six": 1, "python_popcon.reports": 1}
     assert not (other / ".cache/popcon-site/users").exists(), "off writes nothing"
+
+
+def test_over_tcp_the_same_lines(env: Env, home: Path) -> None:
+    server = TcpCollector()
+    try:
+        environ = reporting_to(server.port, home, PYTHON_POPCONTEST_STATSD_PROTOCOL="tcp", **ON)
+        run(env, "import six", environ)
+        (data,) = server.wait_for(1)
+    finally:
+        server.close()
+    # The statsd client's TCP lines, each ending with a newline.
+    assert sorted(data.decode().splitlines()) == [
+        "python_popcon.library_used.six:1|c",
+        "python_popcon.library_users.six:1|c",
+        "python_popcon.reports:1|c",
+        "python_popcon.users:1|c",
+    ]
+
+
+def test_a_prefix_that_would_collide_sends_no_user_lines(
+    env: Env, sink: UdpSink, home: Path
+) -> None:
+    for prefix in ("x.users", "x.library_users"):
+        run(env, "import six", enabled(sink, home, PYTHON_POPCONTEST_STATSD_PREFIX=prefix, **ON))
+        assert counters(sink.drain()) == {f"{prefix}.six": 1, "x.reports": 1}
+    assert markers(home) == {}
 
 
 def test_two_processes_sharing_a_home_at_once_count_once(
