@@ -147,6 +147,14 @@ def make_variants(
         # turns them off (as before); "newusers" finds no markers (the runner removes
         # them before each run): the first process of a user's month, which writes.
         "nousers": (built["popcon"].python, dict(on, PYTHON_POPCONTEST_USERS="0"), False),
+        # The exit hook timed in-process ("hook"), with user counters off.
+        "hooknousers": (
+            built["popcon"].python,
+            dict(
+                on, PYTHONPATH=str(probe_dir), POPCON_BENCH_HOOK="time", PYTHON_POPCONTEST_USERS="0"
+            ),
+            False,
+        ),
         "newusers": (built["popcon"].python, on, False),
     }
     return [Variant(n, recipes[n][0], recipes[n][1], rounds[n], cold=recipes[n][2]) for n in names]
@@ -315,7 +323,7 @@ def main() -> int:
             if workload == "rich":
                 names.append("cold")
             if (spec.name, workload) in USERS_BLOCKS:
-                names += ["nousers", "newusers"]
+                names += ["nousers", "newusers", "hooknousers"]
             blocks.append((spec.name, workload, names))
     blocks.append(("small", "imports", ["bare", "off", "on"]))
     blocks.append(("real130", "fork", ["bare", "off", "on", "earlier"]))
@@ -341,6 +349,7 @@ def main() -> int:
             "cold": min(plan.cold, fast),
             "nousers": fast,
             "newusers": fast,
+            "hooknousers": fast,
         }
         variants = make_variants(
             names, built[env_name], child_environ(sink, spec), probe_dir, rounds

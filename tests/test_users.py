@@ -11,6 +11,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -376,3 +377,29 @@ def test_real_users_with_their_own_homes(
     assert status.returncode == 0, status.stderr
     (line,) = [line for line in status.stdout.splitlines() if line.startswith("users ")]
     assert "not counted:" in line and "read-only or not ours" in line, line
+
+
+@pytest.mark.parametrize(
+    "variables",
+    [
+        {"PYTHON_POPCONTEST_CACHE_DIR": "/srv/cache", "XDG_CACHE_HOME": "/x", "HOME": "/h"},
+        {"PYTHON_POPCONTEST_CACHE_DIR": "relative", "HOME": "/h"},
+        {"XDG_CACHE_HOME": "/x", "HOME": "/h"},
+        {"XDG_CACHE_HOME": "relative", "HOME": "/h"},
+        {"HOME": "/h"},
+        {"HOME": "/"},
+        {"HOME": "relative"},
+    ],
+)
+def test_the_cache_dir_without_loading_the_index_module_is_the_index_modules(
+    monkeypatch: pytest.MonkeyPatch, variables: dict[str, str]
+) -> None:
+    from popcon_site import _index, _users
+
+    for name in ("PYTHON_POPCONTEST_CACHE_DIR", "XDG_CACHE_HOME", "HOME"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    expected = _index.user_cache_dir()
+    monkeypatch.delitem(sys.modules, "popcon_site._index")  # _users' own copy answers
+    assert _users.cache_dir() == expected

@@ -255,6 +255,8 @@ def users_table(results: Json) -> list[str]:
             row.append(spread(v[name]["vs_bare"]["exit_added_ms"], 2, True))
         for name in ("nousers", "on", "newusers"):
             row.append(f"{v[name]['datagrams_per_run']['median']:.0f}")
+        for name in ("hooknousers", "hook"):
+            row.append(spread(v[name].get("hook_ms"), 3))
         rows.append(row)
     if not rows:
         return []
@@ -262,12 +264,14 @@ def users_table(results: Json) -> list[str]:
         "User counters (issue 23): exit time added vs bare, ms; nousers = "
         "PYTHON_POPCONTEST_USERS=0 (as before);",
         "  on = the default, this month's markers present (one open + listdir of the month "
-        "directory, no write); newusers = no markers yet (creates one file per name)",
+        "directory, no write); newusers = no markers yet (creates one file per name);",
+        "  hook ms = the exit hook timed in-process (the probe sitecustomize), users off / on "
+        "(markers present)",
     ]
     out += table(
-        ["block", "nousers", "on", "newusers", "dgrams off", "on", "new"],
+        ["block", "nousers", "on", "newusers", "dgrams off", "on", "new", "hook off", "hook on"],
         rows,
-        right={1, 2, 3, 4, 5, 6},
+        right={1, 2, 3, 4, 5, 6, 7, 8},
     )
     out.append("")
     syscalls = results.get("users_syscalls")

@@ -1,8 +1,10 @@
 """Distinct users (issue 23) through the real statsd_exporter and Prometheus.
 
-One person runs twelve processes that import msgpack; ten people (a user is a cache
-directory: ten homes) run two processes each that import yaml, one of them with both
-processes side by side (two nodes sharing a home).  With the shipped mapping and recording
+Real Unix users (useradd, runuser), each with a home of their own, and Debian's
+/usr/bin/python3 (pyenv's interpreters are under /root, which they cannot read): one
+person runs twelve processes that import msgpack; ten people run two processes each
+that import yaml, one of them with both processes side by side (two nodes sharing a
+home).  With the shipped mapping and recording
 rules, the k = 10 privacy rules publish pyyaml (20 processes, 10 users) and withhold
 msgpack (12 processes, 1 user), which counting processes alone would have published;
 ``popcon-site top --users`` ranks by people, exactly.
@@ -11,7 +13,11 @@ msgpack (12 processes, 1 user), which counting processes alone would have publis
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
+import tempfile
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,7 +27,7 @@ import pytest
 import yaml
 from servers import DEPLOY, Prometheus, StatsdExporter, wait_for
 
-from support.e2e import reporting_environ
+from support.e2e import PACKAGES
 from support.envs import Env, base_environ
 
 MAPPING = DEPLOY / "statsd-exporter" / "mapping.yml"
@@ -40,17 +46,67 @@ def prometheus_config(exporter: StatsdExporter) -> dict[str, Any]:
     return config
 
 
-def run(env: Env, home: Path, port: int, code: str) -> str:
-    environ = reporting_environ(home, port, PYTHON_POPCONTEST_USERS="1")
-    proc = env.run("-c", code, env=environ)
+def run(env: Env, user: str, port: int, code: str) -> str:
+    """``code`` as ``user``, with user counters at their default (on), in debug mode."""
+    environ = base_environ(
+        PYTHON_POPCONTEST_ENABLE="1",
+        PYTHON_POPCONTEST_DEBUG="1",
+        PYTHON_POPCONTEST_STATSD_HOST="127.0.0.1",
+        PYTHON_POPCONTEST_STATSD_PORT=str(port),
+    )
+    for variable in ("HOME", "XDG_CACHE_HOME", "PYTHON_POPCONTEST_USERS"):
+        environ.pop(variable, None)  # runuser sets HOME from the password database
+    proc = subprocess.run(
+        ["runuser", "-u", user, "--", str(env.python), "-c", code],
+        capture_output=True,
+        text=True,
+        env=environ,
+        cwd="/",
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     return proc.stderr
 
 
 @pytest.fixture(scope="module")
+def public(wheel: Path) -> Iterator[tuple[Env, list[str]]]:
+    """A venv of Debian's python3 with the wheel, pyyaml and msgpack, and eleven real
+    users with homes of their own; all removed afterwards."""
+    if os.geteuid() != 0:
+        pytest.fail("this test creates Unix users: run it as root")
+    root = Path(tempfile.mkdtemp(prefix="popcon-e2e-users-", dir="/var/tmp"))
+    root.chmod(0o755)
+    tag = uuid.uuid4().hex[:6]
+    users: list[str] = []
+    try:
+        made = subprocess.run(
+            ["/usr/bin/python3", "-m", "venv", "--without-pip", str(root / "venv")],
+            capture_output=True,
+            env=base_environ(),
+        )
+        assert made.returncode == 0, made.stderr
+        env = Env(root / "venv")
+        env.install(str(wheel), *(p for p in PACKAGES if p.startswith(("pyyaml", "msgpack"))))
+        for number in range(1 + PEOPLE):
+            name = f"pce{tag}{number}"
+            subprocess.run(
+                ["useradd", "-m", "-d", str(root / name), "-s", "/bin/sh", name],
+                check=True,
+                capture_output=True,
+            )
+            users.append(name)
+        yield env, users
+    finally:
+        for name in users:
+            subprocess.run(["userdel", "-r", name], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
 def pipeline(
-    e2e_env: Env, tmp_path_factory: pytest.TempPathFactory
+    public: tuple[Env, list[str]], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[StatsdExporter, Prometheus]]:
+    env, (solo, *people) = public
     workdir = tmp_path_factory.mktemp("users")
     exporter = StatsdExporter(workdir, MAPPING)
     exporter.start()
@@ -65,17 +121,12 @@ def pipeline(
                 prometheus,
             )
             port = exporter.statsd_port
-            solo = workdir / "solo"
-            solo.mkdir()
-            people = [workdir / f"person-{n}" for n in range(PEOPLE)]
-            for home in people:
-                home.mkdir()
             with ThreadPoolExecutor(max_workers=4) as pool:
                 jobs = [(solo, "import msgpack")] * SOLO_PROCESSES
-                jobs += [(home, "import yaml") for home in people[1:] for _ in range(2)]
+                jobs += [(user, "import yaml") for user in people[1:] for _ in range(2)]
                 # Side by side in the pool (tests/test_users.py releases them together).
                 jobs += [(people[0], "import yaml")] * 2
-                said = list(pool.map(lambda job: run(e2e_env, job[0], port, job[1]), jobs))
+                said = list(pool.map(lambda job: run(env, job[0], port, job[1]), jobs))
             assert all(text.startswith("popcon-site: sent") for text in said), said
             wait_for(
                 lambda: (
@@ -139,16 +190,17 @@ def cli(env: Env, prometheus: Prometheus, *args: str) -> dict[str, Any]:
 
 
 def test_top_users_and_top_through_prometheus(
-    pipeline: tuple[StatsdExporter, Prometheus], e2e_env: Env
+    pipeline: tuple[StatsdExporter, Prometheus], public: tuple[Env, list[str]]
 ) -> None:
     _, prometheus = pipeline
-    people = cli(e2e_env, prometheus, "top", "--users")
+    env = public[0]
+    people = cli(env, prometheus, "top", "--users")
     assert (people["users"], people["reports"], people["libraries"]) == (11, 32, 2)
     assert people["top"] == [
         {"rank": 1, "library": "pyyaml", "users": 10, "user_share": 0.909091, "processes": 20},
         {"rank": 2, "library": "msgpack", "users": 1, "user_share": 0.090909, "processes": 12},
     ]
-    processes = cli(e2e_env, prometheus, "top")
+    processes = cli(env, prometheus, "top")
     assert [(row["library"], row["processes"]) for row in processes["top"]] == [
         ("pyyaml", 20),
         ("msgpack", 12),
