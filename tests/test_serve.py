@@ -496,6 +496,11 @@ def test_distinct_users_reach_the_store_and_top_users(env: Env, tmp_path: Path) 
             if top["users"] == 4 or time.monotonic() > deadline:
                 break
             time.sleep(0.1)
+        page = server.data()  # the page's JSON: the same users
+        assert (page["reports"], page["users"]) == (8, 4)
+        rows = {row["library"]: (row["processes"], row["users"]) for row in page["libraries"]}  # type: ignore[attr-defined]
+        assert rows == {"six": (6, 3), "pyyaml": (2, 2)}
+        assert "8 processes (4 users) reported from" in server.get("").decode()
     assert (top["reports"], top["users"], top["libraries"]) == (8, 4, 2)
     assert top["top"] == [
         {"rank": 1, "library": "six", "users": 3, "user_share": 0.75, "processes": 6},
