@@ -263,7 +263,7 @@ def users_table(results: Json) -> list[str]:
     out = [
         "User counters (issue 23): exit time added vs bare, ms; nousers = "
         "PYTHON_POPCONTEST_USERS=0 (as before);",
-        "  on = the default, this month's markers present (one open + listdir of the month "
+        "  on = the default, this month's markers present (one lstat + listdir of the month "
         "directory, no write); newusers = no markers yet (creates one file per name);",
         "  hook ms = the exit hook timed in-process (the probe sitecustomize), users off / on "
         "(markers present)",

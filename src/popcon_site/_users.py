@@ -6,10 +6,11 @@
 #
 # Layout: ``<cache>/users/YYYY-MM/`` (0700) holds one empty file per name sent this
 # month, plus USER_MARKER for the user (normalized names never start with "-").  At the
-# point of sending: one open of that directory, one fstat, and (once per process and
-# month) one listdir; a name new this month is claimed with O_CREAT|O_EXCL before its
-# line goes out, so two processes sharing a home (two nodes) send it once.  A claim
-# that fails (read-only or missing home, a directory not ours) sends nothing.
+# point of sending, once per process and month: one lstat and one listdir of that
+# directory; a name new this month is claimed with O_CREAT|O_EXCL (through a checked
+# descriptor of the directory) before its line goes out, so two processes sharing a
+# home (two nodes) send it once.  A claim that fails (read-only or missing home, a
+# directory not ours) sends nothing.
 #
 # Loaded by popcon_site._sibling from the exit report and from checkpoints (no import
 # lock), only when something is about to be sent.  Loads _index only to make this
@@ -115,25 +116,31 @@ def claim(names: "list[str]") -> "list[str]":
     directory = month_dir(cache)
     key = (os.geteuid(), directory)
     known = _known.get(key)
-    if known is not None and all(name in known for name in names):
-        return []  # nothing new to this process: no file system access at all
-    fd = _open_dir(directory)
+    if known is None:
+        listing = _listing(directory)  # the one small read: lstat + listdir
+        if listing is None:
+            index = popcon_site._sibling("_index")  # once a month: make the directory
+            if not (index.private_dir(cache) and index.private_dir(directory)):
+                return []
+            _remove_other_months(os.path.dirname(directory), os.path.basename(directory))
+            listing = _listing(directory)
+            if listing is None:
+                return []
+        known = _known[key] = listing
+    new = [
+        name
+        for name in names
+        if name not in known and (name == USER_MARKER or popcon_site.is_safe_name(name))
+    ]
+    if not new:
+        return []  # nothing new this month: no write
+    fd = _open_dir(directory)  # claims go through a checked descriptor, never the path
     if fd is None:
-        index = popcon_site._sibling("_index")  # once a month: make the directory
-        if not (index.private_dir(cache) and index.private_dir(directory)):
-            return []
-        _remove_other_months(os.path.dirname(directory), os.path.basename(directory))
-        fd = _open_dir(directory)
-        if fd is None:
-            return []
+        return []
     try:
-        if known is None:
-            known = _known[key] = set(os.listdir(fd))  # the one small read
         claimed = []
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        for name in names:
-            if name in known or not (name == USER_MARKER or popcon_site.is_safe_name(name)):
-                continue
+        for name in new:
             try:
                 os.close(os.open(name, flags, 0o600, dir_fd=fd))
             except FileExistsError:
@@ -146,6 +153,20 @@ def claim(names: "list[str]") -> "list[str]":
         return claimed
     finally:
         os.close(fd)
+
+
+def _listing(directory: str) -> "set[str] | None":
+    # The month directory's names when it is a real directory of ours that nobody else
+    # may write to (lstat: a symlink is refused); None otherwise.
+    try:
+        info = os.lstat(directory)
+        if (info.st_mode & 0o170000) != 0o040000 or info.st_uid != os.geteuid():
+            return None
+        if info.st_mode & 0o022:
+            return None
+        return set(os.listdir(directory))
+    except (OSError, ValueError):
+        return None
 
 
 def _open_dir(directory: str) -> "int | None":
