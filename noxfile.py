@@ -40,6 +40,7 @@ def _interpreters() -> list[str]:
 def tests(session: nox.Session) -> None:
     """The whole test suite against real venvs, the built wheel and real PyPI packages."""
     _ensure_debs(session, ["prometheus", "chromium"])  # unused/top query a real one; serve's page
+    _ensure_debs(session, ["faketime"])  # tests/test_users.py: a month boundary, time injected
     session.install(*TEST_DEPS, ".")
     # Tests marked `once` do not depend on the interpreter (a browser, a venv of
     # Debian's python3, a Prometheus scrape): one session runs them, not seven.

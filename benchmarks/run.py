@@ -46,6 +46,8 @@ SPECS = [
 
 
 EXIT_TARGET_BLOCKS = (("small", "stdlib"), ("real130", "rich"))
+# Where user counters on / off / first of the month run side by side (issue 23).
+USERS_BLOCKS = (("small", "pass"), ("small", "stdlib"), ("real130", "rich"))
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,20 @@ def make_variants(
             False,
         ),
         "earlier": (built["earlier"].python, base, False),
+        # Distinct users (issue 23), side by side: "on" has them (the default) with this
+        # month's markers already written (one listdir at exit, no write); "nousers"
+        # turns them off (as before); "newusers" finds no markers (the runner removes
+        # them before each run): the first process of a user's month, which writes.
+        "nousers": (built["popcon"].python, dict(on, PYTHON_POPCONTEST_USERS="0"), False),
+        # The exit hook timed in-process ("hook"), with user counters off.
+        "hooknousers": (
+            built["popcon"].python,
+            dict(
+                on, PYTHONPATH=str(probe_dir), POPCON_BENCH_HOOK="time", PYTHON_POPCONTEST_USERS="0"
+            ),
+            False,
+        ),
+        "newusers": (built["popcon"].python, on, False),
     }
     return [Variant(n, recipes[n][0], recipes[n][1], rounds[n], cold=recipes[n][2]) for n in names]
 
@@ -306,6 +322,8 @@ def main() -> int:
             names = ["bare", "off", "on", "hook", "earlier"]
             if workload == "rich":
                 names.append("cold")
+            if (spec.name, workload) in USERS_BLOCKS:
+                names += ["nousers", "newusers", "hooknousers"]
             blocks.append((spec.name, workload, names))
     blocks.append(("small", "imports", ["bare", "off", "on"]))
     blocks.append(("real130", "fork", ["bare", "off", "on", "earlier"]))
@@ -329,6 +347,9 @@ def main() -> int:
             "hook": fast,
             "earlier": min(earlier_rounds, fast),
             "cold": min(plan.cold, fast),
+            "nousers": fast,
+            "newusers": fast,
+            "hooknousers": fast,
         }
         variants = make_variants(
             names, built[env_name], child_environ(sink, spec), probe_dir, rounds
@@ -339,6 +360,7 @@ def main() -> int:
         log(f"{env_name:9} {workload:7} {fast:3} rounds in {time.monotonic() - t0:5.1f} s")
 
     results["probes"] = run_probes(plan, built, sink, probe_dir, scripts, results)
+    results["users_syscalls"] = users_syscalls(built["small"]["popcon"].python, sink, scripts)
     results["floors"] = wall_floors(plan, sink, scripts, rng)
     results["growth"] = growth(results)
     pass_ms = _block(results, "small", "pass")["variants"]["bare"]["raw"]["total_ms"]["median"]
@@ -395,6 +417,45 @@ def render_only() -> int:
 
 def _argv(workload: str, scripts: Path) -> list[str]:
     return [a.replace("{scripts}", str(scripts)) for a in workloads.WORKLOADS[workload].argv]
+
+
+STRACE_WRAPPER = ["sh", "-c", 'exec "$@" 3>/dev/null', "sh", "strace", "-f", "-y", "-qq"]
+
+
+def users_syscalls(python: str, sink: UdpSink, scripts: Path) -> Json:
+    """The file-system calls user counters make (issue 23), seen by strace: off, with
+    this month's markers present, and a month's first process."""
+    if not shutil.which("strace"):
+        return {}
+    base = dict(child_environ(sink, SPECS[0]), PYTHON_POPCONTEST_ENABLE="1")
+    users_dir = Path(base["PYTHON_POPCONTEST_CACHE_DIR"]) / "users"
+    found: Json = {}
+    for name, extra in (
+        ("nousers", {"PYTHON_POPCONTEST_USERS": "0"}),
+        ("on", {}),
+        ("newusers", {}),
+    ):
+        if name == "newusers":
+            shutil.rmtree(users_dir, ignore_errors=True)
+        trace = WORK / f"strace-{name}.txt"
+        subprocess.run(
+            [*STRACE_WRAPPER, "-o", str(trace), python, *_argv("stdlib", scripts)],
+            env=dict(base, **extra),
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        calls = []
+        for line in trace.read_text().splitlines():
+            if f"{users_dir}" not in line:
+                continue
+            call = line.split(None, 1)[1] if line[:1].isdigit() else line
+            syscall = call.split("(", 1)[0]
+            what = call.rsplit("/", 1)[-1].split(">", 1)[0].split('"', 1)[0]
+            flags = " O_CREAT|O_EXCL" if "O_CREAT" in call else ""
+            calls.append(f"{syscall}{flags} {what}".strip())
+        found[name] = calls
+        sink.drain()
+    return found
 
 
 def run_probes(

@@ -203,6 +203,19 @@ def send_tcp(port: int, data: bytes) -> None:
         ("python_popcon.reports:1|g", ("refused", NOT_ONE_COUNT, "")),
         ("python_popcon.library_used.six:1|g", ("refused", NOT_ONE_COUNT, "")),
         (":1|c", ("refused", UNKNOWN_METRIC, "")),
+        # Distinct users (issue 23): the two new shapes, and nothing else of theirs.
+        ("python_popcon.library_users.numpy:1|c", ("library_users", "", "numpy")),
+        ("python_popcon.users:1|c", ("users", "", "")),
+        ("python_popcon.namespace.hub.library_users.a-b:1|c", ("library_users", "hub", "a-b")),
+        ("python_popcon.namespace.hub.users:1|c", ("users", "hub", "")),
+        ("python_popcon.library_users.Numpy:1|c", ("refused", BAD_NAME, "")),
+        ("python_popcon.library_users.-user:1|c", ("refused", BAD_NAME, "")),
+        ("python_popcon.library_users.numpy:2|c", ("refused", NOT_ONE_COUNT, "")),
+        ("python_popcon.library_users.numpy:1|g", ("refused", NOT_ONE_COUNT, "")),
+        ("python_popcon.users:1|g", ("refused", NOT_ONE_COUNT, "")),
+        ("python_popcon.users.extra:1|c", ("refused", UNKNOWN_METRIC, "")),
+        ("python_popcon.library_users:1|c", ("refused", UNKNOWN_METRIC, "")),
+        ("python_popcon.namespace.h*b.users:1|c", ("refused", BAD_NAMESPACE, "")),
     ],
 )
 def test_only_our_counter_lines_count(line: str, expected: tuple[str, str, str]) -> None:
@@ -241,7 +254,7 @@ def test_the_collector_counts_what_the_client_writes_and_refuses_the_rest(tmp_pa
 # The tests' own statement of a line that may count (independent of the code's rules).
 COUNTED = re.compile(
     r"python_popcon\.(?:namespace\.[A-Za-z0-9_-]{1,100}\.)?"
-    r"(?:(?:reports|library_used\.[a-z0-9](?:[a-z0-9-]{0,198}[a-z0-9])?):1\|c"
+    r"(?:(?:reports|users|library_use(?:d|rs)\.[a-z0-9](?:[a-z0-9-]{0,198}[a-z0-9])?):1\|c"
     r"|library_installed\.[a-z0-9](?:[a-z0-9-]{0,198}[a-z0-9])?:1\|g)"
 )
 
@@ -255,6 +268,8 @@ def test_random_and_mutated_input_never_raises_and_only_valid_lines_count(tmp_pa
     good = [
         *counter_lines("python_popcon.library_used", "python_popcon.reports", ["six", "a-b"]),
         "python_popcon.namespace.hub.library_used.numpy:1|c",
+        "python_popcon.library_users.six:1|c",
+        "python_popcon.namespace.hub.users:1|c",
     ]
     alphabet = b"python_popcon.library_used.namespace:|c@01-_\n\r\x00\xff .g"
     expected_accepted = expected_items = 0
@@ -336,43 +351,44 @@ def test_the_store_has_a_schema_version_and_migrates(
         + f"INSERT INTO library_used VALUES ({today()}, 1, 2, 4);"
     )
     old.close()
-    with pytest.raises(StoreError, match="schema version 1, this popcon-site reads 2"):
+    with pytest.raises(StoreError, match="schema version 1, this popcon-site reads 3"):
         connect(db, write=False)  # a reader never migrates
-    writer = Writer(connect(db, write=True))  # serve migrates: version 2, data kept
+    writer = Writer(connect(db, write=True))  # serve migrates: version 3, data kept
     writer.add_installed(today(), writer.name_id("namespace", "", today()), 2)
     writer.flush()
     reader = Reader(writer.db)
     assert (reader.reports(today(), today()), reader.libraries(today(), today())) == (5, {"six": 4})
     assert reader.installed(today()) == [("", "six", today())]
+    assert (reader.users(today(), today()), reader.library_users(today(), today())) == (0, {})
     writer.db.close()
-    assert stored_version(db) == 2
+    assert stored_version(db) == 3
 
     # The hook: a migration added later runs once, in its own transaction.
     def add_note(connection: sqlite3.Connection) -> None:
         connection.execute("CREATE TABLE note (text TEXT)")
 
-    monkeypatch.setattr(_store, "SCHEMA_VERSION", 3)
-    monkeypatch.setitem(_store.MIGRATIONS, 2, add_note)
+    monkeypatch.setattr(_store, "SCHEMA_VERSION", 4)
+    monkeypatch.setitem(_store.MIGRATIONS, 3, add_note)
     connect(db, write=True).close()
     connect(db, write=True).close()
     check = sqlite3.connect(db)
-    assert check.execute("SELECT version FROM schema_version").fetchall() == [(3,)]
+    assert check.execute("SELECT version FROM schema_version").fetchall() == [(4,)]
     assert check.execute("SELECT count(*) FROM note").fetchall() == [(0,)]
     assert check.execute("SELECT sum(processes) FROM reports").fetchall() == [(5,)]
     check.close()
 
-    monkeypatch.setattr(_store, "SCHEMA_VERSION", 2)
+    monkeypatch.setattr(_store, "SCHEMA_VERSION", 3)
     rollback = sqlite3.connect(db)  # as a store from elsewhere may be: not in WAL mode
     assert rollback.execute("PRAGMA journal_mode=DELETE").fetchall() == [("delete",)]
     rollback.close()
     before = db.read_bytes()
-    with pytest.raises(StoreError, match="newer than this popcon-site's 2"):
+    with pytest.raises(StoreError, match="newer than this popcon-site's 3"):
         connect(db, write=True)
     assert db.read_bytes() == before  # a newer store is never touched
 
     new = tmp_path / "new.db"
     connect(new, write=True).close()  # a new store goes through every migration
-    assert stored_version(new) == 2
+    assert stored_version(new) == 3
 
     other = tmp_path / "other.db"
     sqlite3.connect(other).execute("CREATE TABLE t (x)").connection.commit()
@@ -456,6 +472,45 @@ def test_real_processes_over_udp_and_tcp_and_top_unused_from_the_store(
             for row in unused["unused"]  # type: ignore[attr-defined]
         ]
     assert committed_reports(db) == 7
+
+
+def test_distinct_users_reach_the_store_and_top_users(env: Env, tmp_path: Path) -> None:
+    """Issue 23: three users (a user is a cache directory), several processes each;
+    serve stores library_users and users, and ``top --users --db`` ranks by people."""
+    db = tmp_path / "store.db"
+    plan = {"a": ["import six", "import six", "import yaml, six"], "b": ["import six"] * 2}
+    plan |= {"c": ["pass", "import yaml"], "d": ["import six"]}
+    with serving(env, db) as server:
+        for user, codes in plan.items():
+            home = tmp_path / f"home-{user}"
+            home.mkdir()
+            for code in codes:
+                environ = reporting_to(server.port, home, PYTHON_POPCONTEST_USERS="1")
+                proc = env.run("-c", code, env=environ)
+                assert proc.returncode == 0, proc.stderr
+        wait_for_reports(db, 8)
+        deadline = time.monotonic() + 60
+        while True:  # the users lines came in the same datagrams: committed together
+            top = as_json(popcon(env, "top", "--json", "--users", "--db", str(db)))
+            if top["users"] == 4 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        page = server.data()  # the page's JSON: the same users
+        assert (page["reports"], page["users"]) == (8, 4)
+        rows = {row["library"]: (row["processes"], row["users"]) for row in page["libraries"]}  # type: ignore[attr-defined]
+        assert rows == {"six": (6, 3), "pyyaml": (2, 2)}
+        assert "8 processes (4 users) reported from" in server.get("").decode()
+    assert (top["reports"], top["users"], top["libraries"]) == (8, 4, 2)
+    assert top["top"] == [
+        {"rank": 1, "library": "six", "users": 3, "user_share": 0.75, "processes": 6},
+        {"rank": 2, "library": "pyyaml", "users": 2, "user_share": 0.5, "processes": 2},
+    ]
+    text = popcon(env, "top", "--users", "--db", str(db))
+    assert text.returncode == 0, text.stderr
+    lines = text.stdout.splitlines()
+    assert lines[0].endswith("(4 users, 8 processes reported)"), lines[0]
+    assert lines[2].split() == ["1", "six", "3", "75.0%", "6", "█" * 30]
+    assert lines[3].split()[:5] == ["2", "pyyaml", "2", "50.0%", "2"]
 
 
 def test_top_from_the_store_of_a_past_window(env: Env, tmp_path: Path) -> None:
@@ -706,7 +761,7 @@ def test_a_sigkill_loses_nothing_committed_and_a_restart_continues(
         ("attrs", 5),
         ("numpy", 3),
     ]
-    assert stored_version(db) == 2
+    assert stored_version(db) == 3
 
 
 def test_the_json_banner_and_a_larger_receive_buffer(env: Env, tmp_path: Path) -> None:
@@ -731,7 +786,7 @@ def test_the_json_banner_and_a_larger_receive_buffer(env: Env, tmp_path: Path) -
     assert proc.returncode == 0
     assert banner == {
         "db": str(tmp_path / "s.db"),
-        "schema_version": 2,
+        "schema_version": 3,
         "statsd": f"127.0.0.1:{statsd}",
         "protocols": ["udp", "tcp"],
         "http": f"http://127.0.0.1:{http}/",

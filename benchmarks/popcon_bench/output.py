@@ -234,12 +234,59 @@ def render(results: Json) -> str:
         f"`python -c pass` {results['scale']['pass_ms']:.1f} ms / the 10 ms of the machine "
         "the targets were set on)"
     )
+    out += users_table(results)
     t_rows = [
         [t["name"], t["target"], t.get("scaled", ""), t["measured"], t["verdict"]]
         for t in results["targets"]
     ]
     out += table(["target", "goal", "scaled goal", "measured", "verdict"], t_rows, right=set())
     return "\n".join(out) + "\n"
+
+
+def users_table(results: Json) -> list[str]:
+    """Distinct-user counters (issue 23) on, off and on a month's first process."""
+    rows = []
+    for block in results["blocks"]:
+        v = block["variants"]
+        if "nousers" not in v:
+            continue
+        row = [f"{block['env']}/{block['workload']}"]
+        for name in ("nousers", "on", "newusers"):
+            row.append(spread(v[name]["vs_bare"]["exit_added_ms"], 2, True))
+        for name in ("nousers", "on", "newusers"):
+            row.append(f"{v[name]['datagrams_per_run']['median']:.0f}")
+        for name in ("hooknousers", "hook"):
+            row.append(spread(v[name].get("hook_ms"), 3))
+        rows.append(row)
+    if not rows:
+        return []
+    out = [
+        "User counters (issue 23): exit time added vs bare, ms; nousers = "
+        "PYTHON_POPCONTEST_USERS=0 (as before);",
+        "  on = the default, this month's markers present (one lstat + listdir of the month "
+        "directory, no write); newusers = no markers yet (creates one file per name);",
+        "  hook ms = the exit hook timed in-process (the probe sitecustomize), users off / on "
+        "(markers present)",
+    ]
+    out += table(
+        ["block", "nousers", "on", "newusers", "dgrams off", "on", "new", "hook off", "hook on"],
+        rows,
+        right={1, 2, 3, 4, 5, 6, 7, 8},
+    )
+    out.append("")
+    syscalls = results.get("users_syscalls")
+    if syscalls:
+        out.append(
+            "File-system calls at exit (strace -f, small/stdlib, python -c of 15 stdlib "
+            "imports; all calls on the user cache's users/ tree):"
+        )
+        out += table(
+            ["variant", "calls", "what"],
+            [[name, str(len(calls)), "; ".join(calls)] for name, calls in syscalls.items()],
+            right={1},
+        )
+        out.append("")
+    return out
 
 
 def write_json(results: Json, path: Path) -> None:

@@ -162,6 +162,9 @@ def run_interleaved(
                 cold_dir = cold_root / uuid.uuid4().hex
                 cold_dir.mkdir(parents=True)
                 env["PYTHON_POPCONTEST_CACHE_DIR"] = str(cold_dir)
+            if variant.name == "newusers":  # a user's first process of the month (issue 23)
+                users = Path(env["PYTHON_POPCONTEST_CACHE_DIR"]) / "users"
+                shutil.rmtree(users, ignore_errors=True)
             sink.drain()
             sample = measure_once(variant.python, argv, env, stderr_path)
             sample.datagrams = len(sink.drain())

@@ -222,6 +222,8 @@ def send(session: "Session", config: "Config", lines: "list[str]", safe: bool) -
     address = _address(session, config, safe)
     if address is None:
         return False
+    # Distinct users (issue 23): claimed here, once the lines can go out.
+    lines = lines + popcon_site._sibling("_users").extra_lines(config, lines)
     if config.protocol == "tcp":
         from popcon_site._tcp import send_tcp  # after a cell only
 
@@ -239,7 +241,7 @@ def send(session: "Session", config: "Config", lines: "list[str]", safe: bool) -
     for line in sent:
         if line == f"{config.reports_name}:1|c":
             session.reports_sent = True
-        else:
+        elif line.startswith(config.prefix + "."):  # not the user lines (issue 23)
             session.sent.add(line[start : -len(":1|c")])
     return len(sent) == len(lines)
 

@@ -468,6 +468,7 @@ def attribute_and_send(session: "Session", names: "set[str]") -> str:
             address = resolve.with_port(found, config.port)
     if address is None:
         return f"not sent ({summary}): cannot resolve {config.host!r}" + (why and f": {why}")
+    lines += popcon_site._sibling("_users").extra_lines(config, lines)  # issue 23 (users)
     target = f"{_format_address(address)} over {config.protocol}"
     if config.protocol == "tcp":
         import time

@@ -114,7 +114,7 @@ def test_helm_values_embed_the_same_mapping() -> None:
 
 
 def test_recording_rules_pass_promtool_check_and_their_unit_tests() -> None:
-    assert "SUCCESS: 7 rules found" in promtool("check", "rules", str(RULES))
+    assert "SUCCESS: 9 rules found" in promtool("check", "rules", str(RULES))
     assert "SUCCESS" in promtool("test", "rules", "popcon-site.rules.test.yml", cwd=RULES.parent)
 
 
@@ -154,6 +154,13 @@ DASHBOARD_SERIES = {
     'python_popcon_library_used{job="popcon-site", hub_namespace="jhub-prod", library="pyyaml"}': (
         "0+0x710 0+1x10"
     ),
+    # Distinct users (issue 23) at 720 h: pyyaml 120, msgpack 5 (under k = 10 users, 719
+    # processes), jhub-prod's pyyaml 9; ruamel-yaml none.
+    'python_popcon_library_users{job="popcon-site", library="pyyaml"}': "0+0x600 1+1x120",
+    'python_popcon_library_users{job="popcon-site", library="msgpack"}': "0+0x715 1+1x5",
+    'python_popcon_library_users{job="popcon-site", hub_namespace="jhub-prod", library="pyyaml"}': (
+        "0+0x710 0+1x10"
+    ),
     **{
         f'python_popcon_library_installed{{job="popcon-site", library="{lib}"}}': "1+0x720"
         for lib in ["pyyaml", "ruamel-yaml", "zope-interface", "msgpack", "lazy-importer"]
@@ -172,10 +179,13 @@ def dashboard_expectations(namespace: str) -> dict[int, dict[str, float]]:
         reports = 1440 + 720
         used = {"pyyaml": 720 + 9, "ruamel-yaml": 1, "msgpack": 360 + 359}
         never = ["zope-interface", "lazy-importer", "charset-normalizer", "numpy"]
-        shareable = {'{library="pyyaml"}': 720 / 1440, '{library="msgpack"}': 719 / 1440}
+        # msgpack: 719 processes but 5 users, withheld by k (users) as well.
+        shareable = {'{library="pyyaml"}': 720 / 1440}
+        users = {"pyyaml": 120 + 9, "msgpack": 5}
         per_hour = 2 + 1
     else:
         reports, used, per_hour = 720, {"pyyaml": 9}, 1
+        users = {"pyyaml": 9}
         never = ["charset-normalizer", "numpy"]
         shareable = {}
     return {
@@ -188,6 +198,7 @@ def dashboard_expectations(namespace: str) -> dict[int, dict[str, float]]:
             "hub_namespace_library:python_popcon_library_share:ratio30d_min10" + labels: value
             for labels, value in shareable.items()
         },
+        7: {f'{{library="{lib}"}}': n for lib, n in users.items()},
     }
 
 
@@ -561,6 +572,13 @@ def test_rules_and_dashboard_count_as_the_commands_do() -> None:
     assert rules["hub_namespace:python_popcon_reports:increase1d"] == count_in(
         reports, "1d", "hub_namespace"
     )
+    users = "python_popcon_library_users"
+    assert rules["hub_namespace_library:python_popcon_library_users:increase30d"] == count_in(
+        users, "30d", "hub_namespace, library"
+    )
+    assert rules["hub_namespace:python_popcon_users:increase30d"] == count_in(
+        "python_popcon_users", "30d", "hub_namespace"
+    )
     selector = '{hub_namespace=~"$hub_namespace"}'
     exprs = [
         target["expr"]
@@ -572,3 +590,4 @@ def test_rules_and_dashboard_count_as_the_commands_do() -> None:
     joined = "\n".join(exprs)
     assert count_in(used + selector, "$__range", "library") in joined
     assert count_in(reports + selector, "$__range") in joined
+    assert count_in(users + selector, "$__range", "library") in joined

@@ -15,6 +15,10 @@ admin asks, ``top`` must give both waves exactly (tests/e2e/test_e2e_exact.py do
 the same through restarts, a ttl and Prometheus 3).  The series Prometheus's own
 rule engine records with the shipped 30-day window are checked for their label sets
 (which the k = 10 privacy threshold decides).
+
+Distinct users (issue 23): every process runs with a home of its own and user counters
+on, so each is one user; library_users and users then equal library_used and reports,
+and ``top --users`` ranks as ``top`` does.
 """
 
 from __future__ import annotations
@@ -193,8 +197,9 @@ def run_waves(
         30,
         prometheus,
     )
+    users = workdir / "users"  # each process a user of its own: users = processes
     for namespace, environ in environs.items():
-        run_processes(env, snippets(WAVES[namespace][0]), environ)
+        run_processes(env, snippets(WAVES[namespace][0]), environ, users)
         inventory = DEPLOY / "inventory" / "popcon-site-inventory.py"
         # As the shipped units run it: not itself a reporting process.
         proc = env.run(str(inventory), env={**environ, "PYTHON_POPCONTEST_ENABLE": "0"})
@@ -214,7 +219,7 @@ def run_waves(
     )
     t1 = scrape_time(prometheus)  # wave 2 has not started: this scrape holds wave 1 only
     for namespace, environ in environs.items():
-        run_processes(env, snippets(WAVES[namespace][1]), environ)
+        run_processes(env, snippets(WAVES[namespace][1]), environ, users)
     wait_for(
         lambda: used_now(prometheus) == used(0) and reports_now(prometheus) == reports(0),
         "Prometheus to scrape the second wave",
@@ -273,6 +278,12 @@ def test_exporter_exposes_exactly_the_documented_series(pipeline: Pipeline) -> N
         for (ns, lib), n in used(0).items()
     }
     expected |= {("python_popcon_reports", labels(ns)): float(n) for ns, n in reports(0).items()}
+    # Distinct users: every process is a user of its own here (run_processes' homes).
+    expected |= {
+        ("python_popcon_library_users", labels(ns, library=lib)): float(n)
+        for (ns, lib), n in used(0).items()
+    }
+    expected |= {("python_popcon_users", labels(ns)): float(n) for ns, n in reports(0).items()}
     expected |= {
         ("python_popcon_library_installed", labels(ns, library=lib)): 1.0
         for ns in WAVES
@@ -381,6 +392,11 @@ def test_recording_rules_give_wave_two_exactly(pipeline: Pipeline) -> None:
         "hub_namespace:python_popcon_reports:increase1d": {
             (ns, ""): n for ns, n in processes.items()
         },
+        # One user per process: as many users as processes.
+        "hub_namespace_library:python_popcon_library_users:increase30d": wave2,
+        "hub_namespace:python_popcon_users:increase30d": {
+            (ns, ""): n for ns, n in processes.items()
+        },
         "hub_namespace_library:python_popcon_library_share:ratio30d": share,
         "hub_namespace_library:python_popcon_library_used:increase30d_min10": {
             key: wave2[key] for key in shareable
@@ -418,6 +434,7 @@ def dashboard_expectations(pipeline: Pipeline, namespace: str) -> dict[int, dict
         4: {("", lib): n / processes for lib, n in per_library.items()},
         5: {("", lib): 1.0 for lib in pipeline.installed if not per_library.get(lib)},
         6: shareable,
+        7: {("", lib): n for lib, n in per_library.items()},  # users: one per process here
     }
 
 
@@ -512,6 +529,20 @@ def test_top_and_unused_give_wave_two_exactly(pipeline: Pipeline, namespace: str
     assert shipped["reports"] == sum(
         n for ns, n in reports(0).items() if namespace is None or ns == namespace
     )
+
+    # By people (issue 23): every process here is a user of its own.
+    people = cli(pipeline, "top", "--users", "--limit", "100", *exact)
+    assert (people["users"], people["reports"]) == (processes, processes)
+    assert people["top"] == [
+        {
+            "rank": i,
+            "library": lib,
+            "users": n,
+            "user_share": round(n / processes, 6),
+            "processes": n,
+        }
+        for i, (lib, n) in enumerate(ranked, 1)
+    ]
 
     never = pipeline.installed - {lib for lib, n in in_scope.items() if n}
     unused = cli(pipeline, "unused", *exact)

@@ -121,8 +121,9 @@ def run_waves(env: Env, home: Path, collectd: Collectd, prometheus: Prometheus) 
     namespaced = reporting_environ(
         home, collectd.statsd_port, PYTHON_POPCONTEST_STATSD_PREFIX=NS_PREFIX
     )
-    run_processes(env, snippets(DEFAULT_WAVE1), default)
-    run_processes(env, snippets(NS_WAVE1), namespaced)
+    users = home.parent / "users"  # each process a user of its own (issue 23)
+    run_processes(env, snippets(DEFAULT_WAVE1), default, users)
+    run_processes(env, snippets(NS_WAVE1), namespaced, users)
     inventory = DEPLOY / "inventory" / "popcon-site-inventory.py"
     for environ in (default, namespaced):
         # As the shipped units run it: not itself a reporting process.
@@ -144,8 +145,8 @@ def run_waves(env: Env, home: Path, collectd: Collectd, prometheus: Prometheus) 
         prometheus,
     )
 
-    run_processes(env, snippets(DEFAULT_WAVE2), default)
-    run_processes(env, snippets(NS_WAVE2), namespaced)
+    run_processes(env, snippets(DEFAULT_WAVE2), default, users)
+    run_processes(env, snippets(NS_WAVE2), namespaced, users)
     both = {("", lib): n for lib, n in counts(DEFAULT_WAVE1, DEFAULT_WAVE2).items()} | {
         (NAMESPACE, lib): n for lib, n in counts(NS_WAVE1, NS_WAVE2).items()
     }
@@ -276,6 +277,8 @@ def test_relabelling_gives_what_the_real_statsd_exporter_gives(
             "python_popcon_library_used",
             "python_popcon_reports",
             "python_popcon_library_installed",
+            "python_popcon_library_users",
+            "python_popcon_users",
         }
         # The exporter exports what no rule maps under an escaped name: not in any query.
         wait_for(
@@ -302,7 +305,7 @@ def test_recording_rules_load_and_evaluate(pipeline: Pipeline) -> None:
     prometheus = pipeline.prometheus
     group, alerts = prometheus.api("rules")["groups"]
     assert (group["name"], alerts["name"]) == ("popcon-site", "popcon-site-alerts")
-    assert [rule["health"] for rule in group["rules"]] == ["ok"] * 6, group["rules"]
+    assert [rule["health"] for rule in group["rules"]] == ["ok"] * 8, group["rules"]
     assert [(r["name"], r["health"], r["state"]) for r in alerts["rules"]] == [
         ("PopconSiteReportsStopped", "ok", "inactive")
     ]
@@ -327,6 +330,16 @@ def test_recording_rules_load_and_evaluate(pipeline: Pipeline) -> None:
     )
     assert set(shares) == {("", "pyyaml")}
     assert 0 < shares[("", "pyyaml")] <= 1
+    # Distinct users through collectd's relabelling: one per process here.
+    people = prometheus.values(
+        "hub_namespace_library:python_popcon_library_users:increase30d", "hub_namespace", "library"
+    )
+    assert people == {key: float(n) for key, n in both.items()}
+    users = prometheus.values("hub_namespace:python_popcon_users:increase30d", "hub_namespace")
+    reports = prometheus.values("hub_namespace:python_popcon_reports:increase30d", "hub_namespace")
+    assert users == reports and sum(users.values()) == processes(
+        DEFAULT_WAVE1, DEFAULT_WAVE2, NS_WAVE1, NS_WAVE2
+    )
 
 
 # -- the Grafana dashboard ----------------------------------------------------------------
@@ -363,10 +376,11 @@ def live_expectations(pipeline: Pipeline, namespace: str) -> dict[int, set[tuple
         4: used,
         5: {(lib,) for lib in pipeline.installed} - used,
         6: {(ns, lib) for (ns, lib), n in in_scope.items() if n >= K},
+        7: used,  # distinct users: every process is a user of its own here
     }
 
 
-LABELS = {1: (), 2: (), 3: ("library",), 4: ("library",), 5: ("library",)}
+LABELS = {1: (), 2: (), 3: ("library",), 4: ("library",), 5: ("library",), 7: ("library",)}
 
 
 @pytest.mark.parametrize("namespace", [".*", NAMESPACE], ids=["all", NAMESPACE])

@@ -123,6 +123,7 @@ def site(e2e_env: Env, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sit
 def report(env: Env, workdir: Path, exporters: list[StatsdExporter], prom: Prometheus) -> None:
     home = workdir / "home"
     home.mkdir()
+    users = workdir / "users"  # each process a user of its own (issue 23): k users = k processes
     wait_for(
         lambda: prom.values('sum(up{job="popcon-site"})') == {(): 2.0},
         "Prometheus to scrape both exporters",
@@ -132,11 +133,11 @@ def report(env: Env, workdir: Path, exporters: list[StatsdExporter], prom: Prome
     for wave in (0, 1):
         for shard, plans in SHARDS.items():
             environ = reporting_environ(home, exporters[shard].statsd_port)
-            run_processes(env, snippets(plans[wave]), environ)
+            run_processes(env, snippets(plans[wave]), environ, users)
         environ = reporting_environ(
             home, exporters[NS_SHARD].statsd_port, PYTHON_POPCONTEST_STATSD_PREFIX=NS_PREFIX
         )
-        run_processes(env, snippets(NS_WAVES[wave]), environ)
+        run_processes(env, snippets(NS_WAVES[wave]), environ, users)
         if wave == 0:  # every series scraped once before wave 2: the windows' base
             wait_for(
                 lambda: len(prom.query("python_popcon_library_used")) == series_count(),
@@ -206,13 +207,14 @@ def test_dashboard_sums_over_the_exporters(site: Site) -> None:
     installed_series = site.prometheus.query("python_popcon_library_installed")
     assert installed_series == []  # no inventory here: panel 5 is empty
     expected = {1: {()}, 2: {()}, 3: libraries, 4: libraries, 5: set(), 6: {("", "pyyaml")}}
+    expected[7] = libraries  # distinct users per library, summed over the exporters
     for panel in board["panels"]:
         (target,) = panel["targets"]
         expr = target["expr"].replace("$hub_namespace", ".*").replace("$__range", "1h")
         result = site.prometheus.query(expr)
         if panel["id"] == 6:
             got = {(r["metric"].get("hub_namespace", ""), r["metric"]["library"]) for r in result}
-        elif panel["id"] in (3, 4, 5):
+        elif panel["id"] in (3, 4, 5, 7):
             got = {r["metric"]["library"] for r in result}
             assert all("instance" not in r["metric"] for r in result)
         else:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import tempfile
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -70,11 +71,24 @@ def reporting_environ(home: Path, port: int, **extra: str) -> dict[str, str]:
     return reporting_to(port, home, PYTHON_POPCONTEST_DEBUG="1", **extra)
 
 
-def run_processes(env: Env, snippets: Iterable[str], environ: Mapping[str, str]) -> None:
-    """Run each snippet as its own interpreter, four at a time; each must say it sent."""
+def run_processes(
+    env: Env, snippets: Iterable[str], environ: Mapping[str, str], homes: Path | None = None
+) -> None:
+    """Run each snippet as its own interpreter, four at a time; each must say it sent.
+
+    ``homes``: each process is a user of its own (issue 23: a user is a cache directory,
+    here a new home under ``homes``) with user counters on, so that it sends
+    library_users and users lines exactly as it sends library_used and reports.
+    """
 
     def one(code: str) -> tuple[str, subprocess.CompletedProcess[str]]:
-        return code, env.run("-c", code, env=environ)
+        own = dict(environ)
+        if homes is not None:
+            homes.mkdir(exist_ok=True)
+            home = tempfile.mkdtemp(prefix="user-", dir=homes)
+            own |= {"HOME": home, "XDG_CACHE_HOME": f"{home}/.cache"}
+            own["PYTHON_POPCONTEST_USERS"] = "1"
+        return code, env.run("-c", code, env=own)
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         results = list(pool.map(one, snippets))

@@ -47,11 +47,19 @@ HANG_PTH = (
 
 
 def base_environ(**extra: str) -> dict[str, str]:
+    """The caller's environment without PYTHON_POPCONTEST_* (and _SCRUBBED), plus ``extra``.
+
+    User counters (issue 23) are off here (``PYTHON_POPCONTEST_USERS=0``), so that the
+    suites' exact wire assertions stay what they were; tests/test_users.py, tests/e2e
+    (run_processes' ``homes``, test_e2e_users.py) and test_serve's users test turn them
+    on or unset the variable (the default, on) and assert the user lines exactly.
+    """
     env = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith("PYTHON_POPCONTEST_") and k not in _SCRUBBED
     }
+    env["PYTHON_POPCONTEST_USERS"] = "0"
     env.update(extra)
     return env
 
@@ -62,7 +70,8 @@ def enabled(sink: UdpSink, home: Path, **extra: str) -> dict[str, str]:
 
 
 def reporting_to(port: int, home: Path, **extra: str) -> dict[str, str]:
-    """Environment variables of a process that reports to 127.0.0.1:port, HOME ``home``."""
+    """Environment variables of a process that reports to 127.0.0.1:port, HOME ``home``
+    (user counters off, as base_environ says)."""
     values = {
         "HOME": str(home),
         "XDG_CACHE_HOME": str(home / ".cache"),

@@ -7,6 +7,8 @@ Only the lines popcon-site itself sends count (see ``counter_lines`` and
     python_popcon.reports:1|c
     python_popcon.namespace.<namespace>.library_used.<name>:1|c
     python_popcon.namespace.<namespace>.reports:1|c
+    python_popcon[.namespace.<namespace>].library_users.<name>:1|c   (distinct users,
+    python_popcon[.namespace.<namespace>].users:1|c                   issue 23)
 
 and the inventory's (deploy/inventory) ``python_popcon[.namespace.<namespace>]
 .library_installed.<name>:1|g``, which says a library is installed, never that it was
@@ -48,9 +50,13 @@ NAME_CAP = "new name over the day's cap"
 INTERNAL_ERROR = "error in serve (see its log)"
 
 
+_COUNTERS = {"library_used": "used", "library_users": "library_users"}
+
+
 def classify(line: str) -> tuple[str, str, str]:
-    """("used", namespace, library), ("reports", namespace, ""), ("installed", namespace,
-    library) for the inventory's gauges, or ("refused", reason, "")."""
+    """("used", namespace, library), ("reports", namespace, ""), ("library_users",
+    namespace, library), ("users", namespace, ""), ("installed", namespace, library) for
+    the inventory's gauges, or ("refused", reason, "")."""
     gauge = line.endswith(":1|g")
     if not (gauge or line.endswith(":1|c")):
         return ("refused", NOT_ONE_COUNT, "")
@@ -64,14 +70,15 @@ def classify(line: str) -> tuple[str, str, str]:
         if not (0 < len(namespace) <= _MAX_SEGMENT and set(namespace) <= _SEGMENT_CHARS):
             return ("refused", BAD_NAMESPACE, "")
         rest = rest[2:]
-    if rest == ["reports"] and not gauge:
-        return ("reports", namespace, "")
-    if len(rest) >= 2 and rest[0] == ("library_installed" if gauge else "library_used"):
+    if rest in (["reports"], ["users"]) and not gauge:
+        return (rest[0], namespace, "")
+    kinds = {"library_installed": "installed"} if gauge else _COUNTERS
+    if len(rest) >= 2 and rest[0] in kinds:
         # A dot in the name would be more components: refused as not normalized.
         name = ".".join(rest[1:])
         if not is_safe_name(name):
             return ("refused", BAD_NAME, "")
-        return ("installed" if gauge else "used", namespace, name)
+        return (kinds[rest[0]], namespace, name)
     return ("refused", NOT_ONE_COUNT if gauge else UNKNOWN_METRIC, "")
 
 
@@ -130,6 +137,10 @@ class Collector:
             writer.add_report(day, namespace)
         elif kind == "used":
             writer.add_used(day, namespace, writer.name_id("library", second, day))
+        elif kind == "users":
+            writer.add_user(day, namespace)
+        elif kind == "library_users":
+            writer.add_library_user(day, namespace, writer.name_id("library", second, day))
         else:
             writer.add_installed(day, namespace, writer.name_id("library", second, day))
         self.accepted += 1

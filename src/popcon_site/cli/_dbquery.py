@@ -94,6 +94,14 @@ class StoreQuery:
         result.update(self.reader.libraries(self.first, self.last, self.namespace))  # ints
         return result
 
+    def users(self) -> float:
+        return self.reader.users(self.first, self.last, self.namespace)
+
+    def library_users(self) -> dict[str, float]:
+        result: dict[str, float] = {}
+        result.update(self.reader.library_users(self.first, self.last, self.namespace))
+        return result
+
     # The rest of Query's interface on main (exact counting through Prometheus), so that
     # top/unused call the same methods whichever store answers.
     def restarted_exporters_libraries(self) -> set[str]:

@@ -108,6 +108,8 @@ def snapshot(
         connection.execute("BEGIN")  # one consistent view for all the queries below
         reports = reader.reports(first, last, namespace)
         used = reader.libraries(first, last, namespace)
+        users = reader.users(first, last, namespace)  # distinct users (issue 23)
+        people = reader.library_users(first, last, namespace)
         lastday = reader.last_imported(namespace)
         weekly: dict[str, list[int]] = {}
         for day, _ns, library, n in reader.daily(year_first, last, namespace):
@@ -127,6 +129,7 @@ def snapshot(
             "library": name,
             "processes": n,
             "share": round(n / reports, 6) if reports else None,
+            "users": people.get(name, 0),
             "last_imported": day_text(lastday[name]),
             "weekly": weekly.get(name, [0] * WEEKS),
         }
@@ -150,6 +153,7 @@ def snapshot(
         "namespace": namespace,
         "namespaces": namespaces,
         "reports": reports,
+        "users": users,
         "weeks": [day_text(year_first + 7 * w) for w in range(WEEKS)],
         "libraries": libraries,
         "not_imported_in_window": not_in_window,
@@ -254,7 +258,8 @@ def render(data: dict[str, Any], limit: int) -> str:
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>popcon-site: {_e(where)}</title><style>{_CSS}</style></head><body>",
         "<h1>Which installed libraries do processes import?</h1>",
-        f'<p class="meta">{reports:,} processes reported from {_e(data["first_day"])} to '
+        f'<p class="meta">{reports:,} processes ({data["users"]:,} users) reported from '
+        f"{_e(data['first_day'])} to "
         f"{_e(data['last_day'])} (UTC), {_e(where)}. Exact counts from {_e(data['db'])}, "
         f"generated {_e(data['generated'])}.</p>",
         "<nav>",

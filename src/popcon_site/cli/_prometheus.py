@@ -18,6 +18,8 @@ from popcon_site.cli._output import CommandError, NothingToShow
 
 LIBRARY_METRIC = "python_popcon_library_used"
 REPORTS_METRIC = "python_popcon_reports"
+LIBRARY_USERS_METRIC = "python_popcon_library_users"  # issue 23: distinct users
+USERS_METRIC = "python_popcon_users"
 
 _DURATION = re.compile(r"^(?:[0-9]+(?:ms|s|m|h|d|w|y))+$")
 _FORBIDDEN_LABEL = re.compile(r"(?:^|[,{\s])(library|__name__)\s*(?:=|!=|=~|!~)")
@@ -178,6 +180,20 @@ class Query:
             if name:
                 result[name] = result.get(name, 0.0) + _value(sample)
         return result
+
+    def library_users(self) -> dict[str, float]:
+        """Distinct users who imported each library in the window (user-months)."""
+        expr = count_expr(LIBRARY_USERS_METRIC, self.matchers(), self.seconds, by="library")
+        result: dict[str, float] = {}
+        for sample in self.vector(expr):
+            name = normalize_name(str(sample["metric"].get("library", "")))
+            if name:
+                result[name] = result.get(name, 0.0) + _value(sample)
+        return result
+
+    def users(self) -> float:
+        expr = count_expr(USERS_METRIC, self.matchers(), self.seconds)
+        return sum(_value(sample) for sample in self.vector(expr))
 
     def reports(self) -> float:
         expr = count_expr(REPORTS_METRIC, self.matchers(), self.seconds)

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 WRITER_BUSY_MS = 100  # how long a commit waits for another writer's lock
 
 _SCHEMA_V1 = """
@@ -66,9 +66,29 @@ def _add_installed(connection: sqlite3.Connection) -> None:
     )
 
 
+def _add_users(connection: sqlite3.Connection) -> None:
+    # Version 3 (issue 23): distinct users, +1 per user, month and library (library_users)
+    # and per user and month (users), counted per day as the reports are.
+    connection.execute(
+        "CREATE TABLE library_users ("
+        " day INTEGER NOT NULL,"
+        " namespace INTEGER NOT NULL REFERENCES names (id),"
+        " library INTEGER NOT NULL REFERENCES names (id),"
+        " users INTEGER NOT NULL,"
+        " PRIMARY KEY (day, namespace, library)) WITHOUT ROWID"
+    )
+    connection.execute(
+        "CREATE TABLE users ("
+        " day INTEGER NOT NULL,"
+        " namespace INTEGER NOT NULL REFERENCES names (id),"
+        " users INTEGER NOT NULL,"
+        " PRIMARY KEY (day, namespace)) WITHOUT ROWID"
+    )
+
+
 # MIGRATIONS[v](connection) turns a version-v store into version v + 1; a new store
 # is made at version 1 and goes through them all, as an old one does.
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _add_installed}
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _add_installed, 2: _add_users}
 # How long an inventory stays true without being sent again (statsd_exporter's ttl).
 INSTALLED_TTL_DAYS = 8
 
@@ -180,6 +200,8 @@ class Writer:
         self.reports: dict[tuple[int, int], int] = {}
         self.refused: dict[tuple[int, str], int] = {}
         self.installed: dict[tuple[int, int], int] = {}
+        self.library_users: dict[tuple[int, int, int], int] = {}
+        self.users: dict[tuple[int, int], int] = {}
         self.new_names: list[tuple[int, str, str, int]] = []
 
     def new_names_on(self, day: int) -> int:
@@ -208,6 +230,14 @@ class Writer:
         key = (day, namespace)
         self.reports[key] = self.reports.get(key, 0) + 1
 
+    def add_library_user(self, day: int, namespace: int, library: int) -> None:
+        key = (day, namespace, library)
+        self.library_users[key] = self.library_users.get(key, 0) + 1
+
+    def add_user(self, day: int, namespace: int) -> None:
+        key = (day, namespace)
+        self.users[key] = self.users.get(key, 0) + 1
+
     def add_installed(self, day: int, namespace: int, library: int) -> None:
         key = (namespace, library)
         self.installed[key] = max(day, self.installed.get(key, day))
@@ -217,7 +247,15 @@ class Writer:
         self.refused[key] = self.refused.get(key, 0) + items
 
     def pending(self) -> bool:
-        return bool(self.used or self.reports or self.refused or self.new_names or self.installed)
+        return bool(
+            self.used
+            or self.reports
+            or self.refused
+            or self.new_names
+            or self.installed
+            or self.library_users
+            or self.users
+        )
 
     def flush(self) -> None:
         """Commit everything added since the last flush, in one transaction."""
@@ -248,10 +286,23 @@ class Writer:
                 "DO UPDATE SET last_day = max(last_day, excluded.last_day)",
                 [(*key, day) for key, day in self.installed.items()],
             )
+            db.executemany(
+                "INSERT INTO library_users VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (day, namespace, library) DO UPDATE "
+                "SET users = users + excluded.users",
+                [(*key, n) for key, n in self.library_users.items()],
+            )
+            db.executemany(
+                "INSERT INTO users VALUES (?, ?, ?) ON CONFLICT (day, namespace) DO UPDATE "
+                "SET users = users + excluded.users",
+                [(*key, n) for key, n in self.users.items()],
+            )
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        self.library_users.clear()
+        self.users.clear()
         self.installed.clear()
         self.new_names.clear()
         self.used.clear()
@@ -286,6 +337,21 @@ class Reader:
         where, params = self._where(first, last, namespace, "reports")
         row = self.db.execute(f"SELECT sum(processes) FROM reports WHERE {where}", params)
         return int(row.fetchone()[0] or 0)
+
+    def users(self, first: int, last: int, namespace: str | None = None) -> int:
+        """Distinct users (per month: user-months over a longer window) who reported."""
+        where, params = self._where(first, last, namespace, "users")
+        row = self.db.execute(f"SELECT sum(users) FROM users WHERE {where}", params)
+        return int(row.fetchone()[0] or 0)
+
+    def library_users(self, first: int, last: int, namespace: str | None = None) -> dict[str, int]:
+        where, params = self._where(first, last, namespace, "library_users")
+        rows = self.db.execute(
+            "SELECT names.name, sum(users) FROM library_users JOIN names "
+            f"ON names.id = library_users.library WHERE {where} GROUP BY names.name",
+            params,
+        )
+        return {str(name): int(n) for name, n in rows}
 
     def installed(self, last: int, namespace: str | None = None) -> list[tuple[str, str, int]]:
         """(namespace, library, last inventory day) of inventories not expired on ``last``."""

@@ -20,6 +20,7 @@ from popcon_site import (
     _index,
     _installed,
     _resolve,
+    _users,
     enable_problem,
     is_literal_host,
     is_true,
@@ -106,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
         "host_resolution": None if resolution is None else resolution[1],
         "cached_resolution": None if config is None else cached_resolution(config.host, cache_dir),
         "user_cache_dir": cache_dir,
+        "user_counters": None if config is None else _users.status(config.prefix)[1],
         "system_index_dirs": _index.system_index_dirs(),
         "indexes": indexes,
     }
@@ -161,6 +163,7 @@ def run(args: argparse.Namespace) -> int:
         if config.rank0_only:
             filters.append("only rank 0 of MPI/Slurm jobs")
         row("filters", "; ".join(filters) if filters else "none (every distribution is counted)")
+        row("users", str(data["user_counters"]))
     row("user cache", cache_dir or "none usable (indexes are built in memory)")
     for entry in indexes:
         row("index", f"{entry['site_dir']}{' (user site)' if entry['user_site'] else ''}")
