@@ -222,6 +222,8 @@ def send(session: "Session", config: "Config", lines: "list[str]", safe: bool) -
     address = _address(session, config, safe)
     if address is None:
         return False
+    # Noted in this process's record first: a sweeper never sends these lines again.
+    popcon_site._sibling("_record").note_sent(session, lines, config.prefix, config.reports_name)
     if config.protocol == "tcp":
         from popcon_site._tcp import send_tcp  # after a cell only
 
