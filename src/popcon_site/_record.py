@@ -268,14 +268,19 @@ def note_sent(session: "Session", lines: "list[str]", prefix: str, reports: str)
             record.write(f"!sent {line[start : -len(':1|c')]}\n")
 
 
+_swept_dir = ""  # where this process's record was: its exit sweeps that directory
+
+
 def discard(session: "Session") -> bool:
     # At exit, before the report is sent (or when told to stop): True when a record of
     # this process existed.  Its file is unlinked; the lock goes with the process.
+    global _swept_dir
     record = current(session)
     session.watcher.note = _ignore
     if record is None:
         return False
     record.discard()
+    _swept_dir = os.path.dirname(record.path)
     return True
 
 
@@ -473,9 +478,9 @@ def send(dead: Dead, lines: "list[str]", summary: str) -> "tuple[str, list[str]]
     return f"sent {summary} in {sent} of {len(payloads)} datagram(s)", lines
 
 
-def records(uid: "int | None" = None) -> "Iterator[str]":
-    # The record files of this user's directories (in the usable ones only).
-    for directory in directories(uid):
+def records(dirs: "list[str]") -> "Iterator[str]":
+    # The record files in these directories (the usable ones only).
+    for directory in dirs:
         if not usable(directory, create=False):
             continue
         try:
@@ -487,16 +492,14 @@ def records(uid: "int | None" = None) -> "Iterator[str]":
                 yield os.path.join(directory, name)
 
 
-def sweep(build: bool, limit: int, look: int, skip: str = "") -> "list[str]":
+def sweep(build: bool, limit: int, look: int, dirs: "list[str] | None" = None) -> "list[str]":
     # Send and remove dead processes' records; one line per record looked at that was
     # dead or refused.  Raises nothing.
     said: list[str] = []
     sent = 0
-    for index, path in enumerate(records()):
+    for index, path in enumerate(records(directories() if dirs is None else dirs)):
         if index >= look or sent >= limit:
             break
-        if path == skip:
-            continue
         try:
             found = claim(path, build)
         except Refused as exc:
@@ -514,7 +517,7 @@ def sweep(build: bool, limit: int, look: int, skip: str = "") -> "list[str]":
 def sweep_at_exit() -> None:
     # After the exit report of a process that recorded (a stdlib-only exit pays nothing):
     # send up to SWEEP_AT_EXIT dead records of this user's; never builds an index.
-    said = sweep(build=False, limit=SWEEP_AT_EXIT, look=LOOK_AT_EXIT)
+    said = sweep(build=False, limit=SWEEP_AT_EXIT, look=LOOK_AT_EXIT, dirs=[_swept_dir])
     if said and popcon_site.is_true(os.environ.get(popcon_site.ENV_DEBUG)):
         try:
             os.write(2, "".join(f"popcon-site: sweep: {line}\n" for line in said).encode())

@@ -63,9 +63,12 @@ def enabled(sink: UdpSink, home: Path, **extra: str) -> dict[str, str]:
 
 def reporting_to(port: int, home: Path, **extra: str) -> dict[str, str]:
     """Environment variables of a process that reports to 127.0.0.1:port, HOME ``home``."""
+    runtime = home / "run"  # records (issue 22): each test's own, as a login's would be
+    runtime.mkdir(mode=0o700, parents=True, exist_ok=True)
     values = {
         "HOME": str(home),
         "XDG_CACHE_HOME": str(home / ".cache"),
+        "XDG_RUNTIME_DIR": str(runtime),
         "PYTHON_POPCONTEST_ENABLE": "1",
         "PYTHON_POPCONTEST_STATSD_HOST": "127.0.0.1",
         "PYTHON_POPCONTEST_STATSD_PORT": str(port),

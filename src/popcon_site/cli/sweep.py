@@ -21,10 +21,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--limit", type=int, default=10000, help="records to send at most (default 10000)"
     )
+    parser.add_argument(
+        "--dir",
+        action="append",
+        metavar="DIR",
+        help="sweep this directory only (repeatable); default: $XDG_RUNTIME_DIR/popcon-site, "
+        "/run/user/UID/popcon-site and /dev/shm/popcon-site-UID",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    said = _record.sweep(build=True, limit=args.limit, look=1 << 30)
+    said = _record.sweep(build=True, limit=args.limit, look=1 << 30, dirs=args.dir)
     if args.json:
         print_json({"swept": said})
     else:
