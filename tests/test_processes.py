@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-
 import signal
 import subprocess
 import time
@@ -162,7 +161,7 @@ def test_os_exit_in_fork_child_is_sent_by_the_parents_sweep(
     proc = env.run("-c", code, env=enabled(sink, home))
     assert proc.returncode == 0
     assert packets_by_process(sink) == [{"six"}, {"attrs"}]
-    assert os.listdir(home / "run" / "popcon-site") == []
+    assert os.listdir(home.with_name(home.name + "-run") / "popcon-site") == []
 
 
 def test_nothing_of_popcon_site_outlives_the_report(env: Env, sink: UdpSink, home: Path) -> None:

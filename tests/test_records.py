@@ -60,7 +60,7 @@ def arrived(sink: UdpSink, wanted: Counter[str], timeout: float = 5.0) -> Counte
 
 
 def records_dir(home: Path) -> Path:
-    return home / "run" / "popcon-site"
+    return home.with_name(home.name + "-run") / "popcon-site"
 
 
 def records(home: Path) -> list[str]:

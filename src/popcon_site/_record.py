@@ -150,7 +150,10 @@ def start(session: "Session", name: str) -> None:
     # noting.  Called inside an import; raises nothing.
     global _STDLIB
     watcher = session.watcher
-    if session.finished:
+    main = getattr(sys.modules.get("_thread"), "_is_main_interpreter", None)
+    if session.finished or (callable(main) and not main()):
+        # A subinterpreter shares the process's locks, so its record could not tell its
+        # death from the process's: it reports at its own end, as before records.
         watcher.note = _ignore
         return
     try:
@@ -226,8 +229,7 @@ def _header(session: "Session") -> "tuple[str, list[str]]":
 
     lines = [MAGIC.rstrip("\n"), f"!pid {os.getpid()}", f"!exe {sys.executable}"]
     lines += [f"!prefix {sys.prefix}", f"!stdlib {popcon_site_stdlib() or ''}"]
-    main = getattr(sys.modules.get("_thread"), "_is_main_interpreter", None)
-    lines.append(f"!main {int(bool(main())) if callable(main) else 1}")
+    lines.append("!main 1")  # subinterpreters keep no record (start())
     lines += [f"!suffix {suffix}" for suffix in _imp.extension_suffixes()]
     for entry in sys.path:
         if isinstance(entry, str):
@@ -497,9 +499,12 @@ def sweep(build: bool, limit: int, look: int, dirs: "list[str] | None" = None) -
     # dead or refused.  Raises nothing.
     said: list[str] = []
     sent = 0
+    own = f"{os.getpid()}-"  # this process's locks are its own to take again: never swept
     for index, path in enumerate(records(directories() if dirs is None else dirs)):
         if index >= look or sent >= limit:
             break
+        if os.path.basename(path).startswith(own):
+            continue
         try:
             found = claim(path, build)
         except Refused as exc:

@@ -63,7 +63,9 @@ def enabled(sink: UdpSink, home: Path, **extra: str) -> dict[str, str]:
 
 def reporting_to(port: int, home: Path, **extra: str) -> dict[str, str]:
     """Environment variables of a process that reports to 127.0.0.1:port, HOME ``home``."""
-    runtime = home / "run"  # records (issue 22): each test's own, as a login's would be
+    # Records (issue 22): each test's own runtime directory, as a login's would be, beside
+    # HOME (some tests check that HOME stays empty).
+    runtime = home.with_name(home.name + "-run")
     runtime.mkdir(mode=0o700, parents=True, exist_ok=True)
     values = {
         "HOME": str(home),
