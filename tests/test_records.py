@@ -53,7 +53,7 @@ def counts(packets: list[bytes]) -> Counter[str]:
 def arrived(sink: UdpSink, wanted: Counter[str], timeout: float = 5.0) -> Counter[str]:
     """What the sink got, once at least ``wanted`` arrived (or the timeout), plus 0.3 s."""
     end = time.monotonic() + timeout
-    while time.monotonic() < end and not counts(sink.packets) >= wanted:
+    while time.monotonic() < end and any(counts(sink.packets)[k] < n for k, n in wanted.items()):
         sink.drain(0.1)
     sink.drain(0.3)
     return counts(sink.packets)
