@@ -36,7 +36,7 @@ MAGIC = "popcon-site record 1\n"
 SUFFIX = ".rec"
 START_SIZE = 1 << 14  # tmpfs allocates pages as they are written: 4 KiB for most
 MAX_SIZE = 1 << 20  # a record never grows past this; a larger file is refused
-SWEEP_AT_EXIT = 4  # dead records an exiting process sends at most
+SWEEP_AT_EXIT = 2  # dead records an exiting process sends at most (~1 ms each, warm)
 LOOK_AT_EXIT = 32  # records an exiting process tries to lock at most
 RANK_VARIABLES = ("PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK", "SLURM_PROCID")
 
