@@ -100,6 +100,8 @@ print(f"records, Python {sys.version.split()[0]}, directory on {directory}")
 print(f"  import mmap (once per recording process)  {mmap_ns / 1000:7.1f} us")
 print(f"  create the record (median of 50)           {median_us(creates):7.1f} us")
 print(f"  add one new top-level name                 {add_ns / 1000:7.3f} us")
-print(f"  exit sweep, {live} live records (looks at {min(live, _record.LOOK_AT_EXIT)})"
-      f"   {median_us(sweeps_live):7.1f} us")
+print(
+    f"  exit sweep, {live} live records (looks at {min(live, _record.LOOK_AT_EXIT)})"
+    f"   {median_us(sweeps_live):7.1f} us"
+)
 print(f"  exit sweep, empty directory                {median_us(sweeps_empty):7.1f} us")
