@@ -284,3 +284,24 @@ def test_unusable_runtime_dir_falls_back_silently(env: Env, sink: UdpSink, home:
     expected = Counter({lib("numpy"): 1, lib("idna"): 1, REPORTS: 1})
     assert arrived(sink, expected) == expected
     assert os.listdir(loose / "popcon-site") == []
+
+
+def test_status_counts_live_and_dead_records_and_names_refused_ones(
+    env: Env, sink: UdpSink, home: Path
+) -> None:
+    variables = enabled(sink, home)
+    alive = start_ready(env, PROGRAMS["sleep-loop"], variables)
+    try:
+        kill(start_ready(env, PROGRAMS["sleep-loop"], variables), signal.SIGKILL)
+        garbage = records_dir(home) / "1-garbage.rec"
+        garbage.write_text("popcon-site record 1\\nnumpy\\n")
+        garbage.chmod(0o640)
+        done = env.run("-m", "popcon_site", "status", env=variables)
+        assert done.returncode == 0, done.stderr
+        lines = done.stdout.splitlines()
+        assert f"{records_dir(home)}: 1 live, 1 dead (sent by the next sweep)" in done.stdout
+        refused = f"refused: {garbage}: not this user's, or readable by others"
+        assert [line.strip() for line in lines if "refused" in line] == [refused], lines
+        assert counts(sink.drain(0.3)) == Counter()  # status sends nothing
+    finally:
+        kill(alive, signal.SIGKILL)

@@ -376,16 +376,9 @@ def claim(path: str, build: bool) -> "tuple[str, list[str]] | None":
     # (or another sweeper has it).  Raises Refused (one line) for a planted or
     # malformed record.  The lock is held from the check to the unlink: two sweepers
     # never both read a record that is still linked.
-    try:
-        st = os.lstat(path)
-    except OSError:
+    st = _checked(path)
+    if st is None:
         return None
-    if (st.st_mode & 0o170000) != 0o100000:
-        raise Refused(f"{path}: not a regular file")
-    if st.st_uid != os.geteuid() or st.st_mode & 0o077:
-        raise Refused(f"{path}: not this user's, or readable by others")
-    if st.st_size > MAX_SIZE:
-        raise Refused(f"{path}: {st.st_size} bytes, over {MAX_SIZE}")
     try:
         fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError:
@@ -410,6 +403,45 @@ def claim(path: str, build: bool) -> "tuple[str, list[str]] | None":
     if lines is None:
         return summary, []
     return send(dead, lines, summary)
+
+
+def _checked(path: str) -> "os.stat_result | None":
+    # The record's lstat(), None when it is gone; Refused when it cannot be a record.
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    if (st.st_mode & 0o170000) != 0o100000:
+        raise Refused(f"{path}: not a regular file")
+    if st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        raise Refused(f"{path}: not this user's, or readable by others")
+    if st.st_size > MAX_SIZE:
+        raise Refused(f"{path}: {st.st_size} bytes, over {MAX_SIZE}")
+    return st
+
+
+def survey(dirs: "list[str] | None" = None) -> "list[tuple[str, str]]":
+    # (path, "live" / "dead" / "refused: why") for each record, sending nothing.
+    found = []
+    for path in records(directories() if dirs is None else dirs):
+        try:
+            if _checked(path) is None:
+                continue
+            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        except Refused as exc:
+            found.append((path, f"refused: {exc}"))
+            continue
+        except OSError:
+            continue
+        try:
+            os.lockf(fd, os.F_TLOCK, 0)
+            dead = parse(os.pread(fd, MAX_SIZE, 0))
+            found.append((path, "dead" if dead is not None else "refused: not a record"))
+        except OSError:
+            found.append((path, "live"))
+        finally:
+            os.close(fd)  # releases the lock taken here, if any
+    return found
 
 
 def _unlink(path: str) -> None:
