@@ -116,12 +116,19 @@ class Record:
 
     def write(self, text: str) -> None:
         data = text.encode("utf-8", "backslashreplace")
-        with self.lock:
+        # Threads hold it for a microsecond; held by this very thread (a signal handler
+        # that imports, run inside this method), the name is dropped after 10 ms, never
+        # a hang.
+        if not self.lock.acquire(True, 0.01):
+            return
+        try:
             end = self.pos + len(data)
             if end > self.size and not self._grow(end):
                 return
             self.map[self.pos : end] = data
             self.pos = end
+        finally:
+            self.lock.release()
 
     def _grow(self, end: int) -> bool:
         size = self.size
@@ -231,9 +238,13 @@ def _header(session: "Session") -> "tuple[str, list[str]]":
     lines += [f"!prefix {sys.prefix}", f"!stdlib {popcon_site_stdlib() or ''}"]
     lines.append("!main 1")  # subinterpreters keep no record (start())
     lines += [f"!suffix {suffix}" for suffix in _imp.extension_suffixes()]
+    try:
+        cwd = os.getcwd()
+    except OSError:
+        cwd = ""  # a deleted working directory: relative entries find nothing here either
     for entry in sys.path:
-        if isinstance(entry, str):
-            lines.append(f"!path {_quote(entry or os.getcwd())}")
+        if isinstance(entry, str) and (cwd or os.path.isabs(entry)):
+            lines.append(f"!path {_quote(os.path.join(cwd, entry) if entry else cwd)}")
     for key, value in os.environ.items():
         if key.startswith("PYTHON_POPCONTEST_") or key in RANK_VARIABLES:
             lines.append(f"!env {_quote(key)}={_quote(value)}")
