@@ -54,7 +54,7 @@ for label, path in zip(("before", "after"), sys.argv[1:3]):
     session.watcher = watcher
     if os.path.exists(os.path.join(os.path.dirname(path), "_record.py")):
         # This process's record, as the first new top-level name creates it.
-        os.environ["XDG_RUNTIME_DIR"] = tempfile.mkdtemp()
+        os.environ["XDG_RUNTIME_DIR"] = tempfile.mkdtemp(dir="/dev/shm")  # tmpfs, as /run/user
         record_module = module._sibling("_record")
         record_module._STDLIB = record_module._stdlib_names()
         records[label] = record_module.create(session)

@@ -97,6 +97,7 @@ def is_safe_name(name: str) -> bool:
 ENV_CHECKPOINT = "PYTHON_POPCONTEST_CHECKPOINT"
 CHECKPOINT_DELAY = 10.0  # seconds from activation to the first checkpoint
 _NEVER = float("inf")
+_STDLIB = getattr(sys, "stdlib_module_names", sys.builtin_module_names)  # never recorded
 
 
 # A sys.meta_path finder that finds nothing and notes every name an import asks for (not
@@ -254,8 +255,8 @@ def _no_note(name: object) -> None:
 
 
 def _start_note(name: str) -> None:
-    try:  # the first new top-level name after start-up (or a fork): this process's record
-        _sibling("_record").start(_session, name)
+    try:  # the first top-level name after start-up outside the stdlib (3.9: builtins)
+        name in _STDLIB or _sibling("_record").start(_session, name)
     except Exception:
         pass
 
@@ -433,10 +434,9 @@ def enable_problem(value: str) -> str:
     return f"{ENV_ENABLE}={value[:40]!a} is not one of 1/true/yes/on (0/false/no/off: off)"
 
 
-# The at-fork registry keeps its callables past module teardown: a function of this
-# module would keep its globals (os, sys, most of the module graph) alive, torn down one
-# by one (~0.2 ms) instead of at once.  So a stub with globals of its own is registered,
-# and _release() empties the list it calls.
+# The at-fork registry keeps its callables past teardown: a function of this module would
+# keep its globals (os, sys, most modules) alive, torn down one by one (~0.2 ms), not at
+# once.  So a stub with globals of its own is registered; _release() empties its list.
 _fork_hooks = []  # type: list[Callable[[], None]]
 
 
