@@ -31,7 +31,7 @@ import mmap  # noqa: E402,F401
 mmap_ns = time.perf_counter_ns() - t
 
 import popcon_site  # noqa: E402
-from popcon_site import _record  # noqa: E402
+from popcon_site import _record, _sweep  # noqa: E402
 
 
 def session() -> types.SimpleNamespace:
@@ -82,7 +82,7 @@ for child in children:
 sweeps_live = []
 for _ in range(50):
     t = time.perf_counter_ns()
-    said = _record.sweep(False, _record.SWEEP_AT_EXIT, _record.LOOK_AT_EXIT, [directory])
+    said = _sweep.sweep(False, _record.SWEEP_AT_EXIT, _record.LOOK_AT_EXIT, [directory])
     sweeps_live.append(time.perf_counter_ns() - t)
     assert said == [], said
 for child in children:
@@ -93,7 +93,7 @@ for name in os.listdir(directory):
 sweeps_empty = []
 for _ in range(50):
     t = time.perf_counter_ns()
-    _record.sweep(False, _record.SWEEP_AT_EXIT, _record.LOOK_AT_EXIT, [directory])
+    _sweep.sweep(False, _record.SWEEP_AT_EXIT, _record.LOOK_AT_EXIT, [directory])
     sweeps_empty.append(time.perf_counter_ns() - t)
 
 print(f"records, Python {sys.version.split()[0]}, directory on {directory}")

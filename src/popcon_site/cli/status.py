@@ -21,6 +21,7 @@ from popcon_site import (
     _installed,
     _record,
     _resolve,
+    _sweep,
     enable_problem,
     is_literal_host,
     is_true,
@@ -69,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     cache_dir = _index.user_cache_dir()
     now = time.time()
     indexes = [_index_state(d, cache_dir, now, d == user_site) for d in site_dirs]
-    records = _record.survey()
+    records = _sweep.survey()
 
     data = {
         "python": {

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from popcon_site import _record
+from popcon_site import _sweep
 from popcon_site.cli._output import EXIT_OK, print_json
 
 HELP = "send and remove the records of this user's killed processes on this node"
@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    said = _record.sweep(build=True, limit=args.limit, look=1 << 30, dirs=args.dir)
+    said = _sweep.sweep(build=True, limit=args.limit, look=1 << 30, dirs=args.dir)
     if args.json:
         print_json({"swept": said})
     else:
