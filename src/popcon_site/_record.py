@@ -102,13 +102,14 @@ class Record:
     def __init__(self, fd: int, path: str, mapped: "Any", size: int) -> None:
         self.fd, self.path, self.map, self.size = fd, path, mapped, size
         self.pos = 0
-        self.written: set[str] = set()
+        # Names written, and the standard library's: one set lookup per top-level import.
+        self.written: set[str] = set(_STDLIB or ())
         self.pid = os.getpid()
         self.lock = allocate_lock()
 
     def add(self, name: str) -> None:
-        # The watcher's note for a new top-level name (the hot path: ~0.3 us).
-        if name not in self.written and name not in _STDLIB:  # type: ignore[operator]
+        # The watcher's note for a top-level name (the hot path: 0.6 us when new, on tmpfs).
+        if name not in self.written:
             self.written.add(name)  # a failed import tried in a loop is written once
             self.write(name + "\n")
 
@@ -117,7 +118,7 @@ class Record:
         # Threads hold it for a microsecond; held by this very thread (a signal handler
         # that imports, run inside this method), the name is dropped after 10 ms, never
         # a hang.
-        if not self.lock.acquire(True, 0.01):
+        if not (self.lock.acquire(False) or self.lock.acquire(True, 0.01)):
             return
         try:
             end = self.pos + len(data)
