@@ -108,26 +108,32 @@ class Record:
         self.lock = allocate_lock()
 
     def add(self, name: str) -> None:
-        # The watcher's note for a top-level name (the hot path: 0.6 us when new, on tmpfs).
+        # The watcher's note for a top-level name (the hot path: one set lookup, and when
+        # the name is new a write, ~0.5-1 us on tmpfs).  Raises nothing into the import.
         if name not in self.written:
             self.written.add(name)  # a failed import tried in a loop is written once
-            self.write(name + "\n")
+            try:
+                self.write(name + "\n")
+            except Exception:
+                pass
 
     def write(self, text: str) -> None:
         data = text.encode("utf-8", "backslashreplace")
         # Threads hold it for a microsecond; held by this very thread (a signal handler
         # that imports, run inside this method), the name is dropped after 10 ms, never
         # a hang.
-        if not (self.lock.acquire(False) or self.lock.acquire(True, 0.01)):
+        lock = self.lock
+        if not (lock.acquire(False) or lock.acquire(True, 0.01)):
             return
         try:
-            end = self.pos + len(data)
+            pos = self.pos
+            end = pos + len(data)
             if end > self.size and not self._grow(end):
                 return
-            self.map[self.pos : end] = data
+            self.map[pos:end] = data
             self.pos = end
         finally:
-            self.lock.release()
+            lock.release()
 
     def _grow(self, end: int) -> bool:
         size = self.size
