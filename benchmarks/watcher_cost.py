@@ -15,6 +15,13 @@ versions in alternating blocks:
 - lookup: the lookup as `importlib.util.find_spec()` does it, with no lock, which the
   watcher since issue 25 does not note.
 
+Issue 22 (records) adds, where AFTER has `_record.py`, two rows of the import case:
+
+- new top-level: every name is a new top-level name outside the standard library, each
+  one written into the process's record (mmap), the worst case (a real program writes
+  one per distribution, e.g. `numpy`, not one per module);
+- submodule: every name is a submodule (`pkg.mod`), which the record never writes.
+
 Figures: over processes, the median of each process's median difference, in ns per
 name, and the median of the per-process change (after - before).
 """
@@ -30,15 +37,28 @@ PROBE = r"""
 import importlib.util, sys, time, types
 import importlib._bootstrap as bootstrap
 
-watchers = {}
+import os, tempfile
+
+watchers, records = {}, {}
 for label, path in zip(("before", "after"), sys.argv[1:3]):
     # Each version's module under a name of its own, side by side in this process.
     spec = importlib.util.spec_from_file_location(f"popcon_{label}", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
-    session = types.SimpleNamespace(due=float("inf"))  # no checkpoint while timing
+    # No checkpoint while timing; steady state, as after start-up.
+    session = types.SimpleNamespace(due=float("inf"), starting=False, finished=False)
+    session.imported_names = set
     watcher = module._SteadyWatcher.__new__(module._SteadyWatcher)
     module.ImportWatcher.__init__(watcher, session)
+    session.watcher = watcher
+    if os.path.exists(os.path.join(os.path.dirname(path), "_record.py")):
+        # This process's record, as the first new top-level name creates it.
+        os.environ["XDG_RUNTIME_DIR"] = tempfile.mkdtemp(dir="/dev/shm")  # tmpfs, as /run/user
+        record_module = module._sibling("_record")
+        record_module._STDLIB = record_module._stdlib_names()
+        records[label] = record_module.create(session)
+        watcher.note = records[label].add
     watchers[label] = watcher
 
 
@@ -53,8 +73,13 @@ find, lock = bootstrap._find_spec, bootstrap._ModuleLockManager
 saved = list(sys.meta_path)
 
 
-def timed(meta, tag, locked):
+def timed(meta, tag, locked, dotted=False):
     names = [f"popcon_bench_{tag}_{i}" for i in range(N)]
+    if dotted:
+        names = [f"popcon_bench_{tag}.m{i}" for i in range(N)]
+    for record in records.values():
+        record.pos = 0  # a fresh record for each block (the same file, mapped)
+        record.written.clear()
     sys.meta_path[:] = meta
     t = time.perf_counter_ns()
     if locked:
@@ -69,21 +94,27 @@ def timed(meta, tag, locked):
     return elapsed
 
 
-diffs = {(label, locked): [] for label in watchers for locked in (True, False)}
+cases = (True, False, "dotted")
+diffs = {(label, case): [] for label in watchers for case in cases}
 for rep in range(9):
-    for locked in (True, False):
+    for case in cases:
+        locked, dotted = case is not False, case == "dotted"
         for label in ("before", "after") if rep % 2 else ("after", "before"):
-            tag = f"{label}{locked}{rep}"
-            without = timed([Null], tag + "a", locked)
-            with_watcher = timed([watchers[label], Null], tag + "b", locked)
-            diffs[label, locked].append((with_watcher - without) / N)
+            tag = f"{label}{case}{rep}"
+            without = timed([Null], tag + "a", locked, dotted)
+            with_watcher = timed([watchers[label], Null], tag + "b", locked, dotted)
+            diffs[label, case].append((with_watcher - without) / N)
             watchers[label].seen.clear()
 print(*(sorted(diffs[key])[4] for key in diffs))
+for record in records.values():  # the records' temporary runtime directories
+    import shutil
+    shutil.rmtree(os.path.dirname(os.path.dirname(record.path)), ignore_errors=True)
 """
 
 
 def run(before: str, after: str) -> list[float]:
     env = {"PATH": os.environ.get("PATH", ""), "PYTHONHASHSEED": "0"}
+    env["PYTHONPATH"] = os.path.dirname(os.path.dirname(after))  # _record's popcon_site
     done = subprocess.run(
         [sys.executable, "-s", "-c", PROBE, before, after],
         env=env,
@@ -100,13 +131,14 @@ def main() -> None:
     rows = [run(before, after) for _ in range(rounds)]
     version = sys.version.split()[0]
     print(f"watcher cost per name, Python {version}, {rounds} processes (ns, median [p25..p75])")
-    for i, what in enumerate(("import (module lock held)", "lookup (find_spec, no lock)")):
+    whats = ("import, new top-level", "lookup (find_spec, no lock)", "import, submodule")
+    for i, what in enumerate(whats):
         cells = []
         for j, label in enumerate(("before", "after")):
-            values = sorted(row[2 * j + i] for row in rows)
+            values = sorted(row[3 * j + i] for row in rows)
             q = statistics.quantiles(values, n=4)
             cells.append(f"{label} {statistics.median(values):4.0f} [{q[0]:.0f}..{q[2]:.0f}]")
-        diffs = sorted(row[2 + i] - row[i] for row in rows)
+        diffs = sorted(row[3 + i] - row[i] for row in rows)
         q = statistics.quantiles(diffs, n=4)
         change = f"after - before {statistics.median(diffs):+4.0f} [{q[0]:+.0f}..{q[2]:+.0f}]"
         print(f"  {what:<28} " + "   ".join(cells) + "   " + change)

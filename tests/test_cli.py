@@ -103,7 +103,7 @@ def one_line_error(proc: subprocess.CompletedProcess[str], status: int, *words: 
 # -- the command line itself --------------------------------------------------------------------
 
 
-EXPECTED_COMMANDS = ["status", "which", "watch", "index", "unused", "top", "serve"]
+EXPECTED_COMMANDS = ["status", "which", "watch", "index", "unused", "top", "serve", "sweep"]
 
 
 def listed_commands(help_text: str) -> list[str]:

@@ -1,21 +1,11 @@
 # popcon-site: which installed distributions do the processes of this environment import?
-#
-# This module is the start-up half.  The hook (popcon_site.pth, or popcon_site.start
-# from Python 3.18; see hatch_build.py) imports it in every process that has
-# PYTHON_POPCONTEST_ENABLE set; activate() snapshots sys.modules, puts a name-noting
-# finder first in sys.meta_path and registers the exit report, which lives in
-# popcon_site._report.
-#
-# It is also the bottom of the package's import graph: the vocabulary every other
-# module shares (variable names, defaults, true and false words, what an address
-# literal is, what a distribution's name looks like on the wire) lives here, so
-# that no module needs another one just for a constant (CONTRIBUTING.md).
-#
-# Every process pays for this file, so it stays small: comments rather than
-# docstrings (they are loaded with the bytecode), no `from __future__` (one more
-# module), and no import the interpreter has not made already, bar the built-in
-# atexit (and gc, at exit).  Measured here, each module import costs ~0.2 ms plus
-# ~10 us per KB of bytecode.
+# The start-up half.  The hook (popcon_site.pth, or popcon_site.start from 3.18; see
+# hatch_build.py) imports it in every process with PYTHON_POPCONTEST_ENABLE set;
+# activate() snapshots sys.modules, puts a name-noting finder first in sys.meta_path and
+# registers the exit report (_report).  The bottom of the import graph: the shared
+# vocabulary lives here (CONTRIBUTING.md).  Every process pays for this file: comments,
+# not docstrings; no `from __future__`; no import the interpreter has not made already,
+# bar atexit (and gc, at exit).  A module import costs ~0.2 ms + ~10 us/KB here.
 
 import os
 import sys
@@ -107,18 +97,20 @@ def is_safe_name(name: str) -> bool:
 ENV_CHECKPOINT = "PYTHON_POPCONTEST_CHECKPOINT"
 CHECKPOINT_DELAY = 10.0  # seconds from activation to the first checkpoint
 _NEVER = float("inf")
+_STDLIB = getattr(sys, "stdlib_module_names", sys.builtin_module_names)  # never recorded
 
 
-# A sys.meta_path finder that finds nothing and notes every name an import asks for, so
-# that modules imported then deleted count too; not a find_spec() lookup: only an import
-# holds the name's lock in importlib's _module_locks while it asks.  During start-up it
-# also watches for the first import that does not come from `site` (see Session).
+# A sys.meta_path finder that finds nothing and notes every name an import asks for (not
+# a find_spec() lookup: only an import holds the name's lock in _module_locks), so that
+# modules imported then deleted count too; during start-up it also watches for the first
+# import not from `site` (Session).  New top-level names also go to the record (note).
 class ImportWatcher:
-    __slots__ = ("importing", "seen", "session")
+    __slots__ = ("importing", "note", "seen", "session")
 
     def __init__(self, session: "Session") -> None:
         self.seen: set[str] = set()
         self.session = session
+        self.note = _no_note if session.starting else _start_note  # the record (_record.py)
         self.importing = getattr(sys.modules.get("_frozen_importlib"), "_module_locks", {})
 
     def find_spec(self, fullname: str, path: object = None, target: object = None) -> None:
@@ -137,6 +129,8 @@ class _SteadyWatcher(ImportWatcher):
     def find_spec(self, fullname: str, path: object = None, target: object = None) -> None:
         if fullname in self.importing or _searching_for_main():
             self.seen.add(fullname)
+            if "." not in fullname:
+                self.note(fullname)
         if _monotonic() >= self.session.due:
             _checkpoint_due("import")
 
@@ -163,10 +157,9 @@ def _called_from_site() -> bool:
     return False
 
 
-# What one process knows between activation and its exit report.  The hook runs
-# in the middle of start-up: .pth files sorted after ours, sitecustomize and
-# usercustomize still import things.  Those are site machinery, not the
-# program's, so the baseline is taken again at the first import not from `site`.
+# What one process knows between activation and its exit report.  The hook runs mid
+# start-up: later .pth files, sitecustomize and usercustomize are site machinery, so the
+# baseline is taken again at the first import not from `site`.
 class Session:
     __slots__ = (
         "baseline",
@@ -208,6 +201,7 @@ class Session:
         self.baseline = self.baseline.union(self.watcher.seen.intersection(sys.modules))
         self.watcher.seen = set()
         self.watcher.__class__ = _SteadyWatcher
+        self.watcher.note = _start_note
         _watch_collections(self)
 
     def restart_checkpoints(self) -> None:
@@ -256,6 +250,17 @@ _session = None  # type: Session | None
 _collection_hooks = []  # type: list[Callable[[str, dict[str, int]], object]]
 
 
+def _no_note(name: object) -> None:
+    pass
+
+
+def _start_note(name: str) -> None:
+    try:  # the first top-level name after start-up outside the stdlib (3.9: builtins)
+        name in _STDLIB or _sibling("_record").start(_session, name)
+    except Exception:
+        pass
+
+
 def _checkpoint_delay() -> float:
     # PYTHON_POPCONTEST_CHECKPOINT: seconds to the first checkpoint; 0, off or anything
     # that is not a positive number turns checkpoints off.  Read only when set.
@@ -270,9 +275,8 @@ def _checkpoint_delay() -> float:
 
 
 def _watch_collections(session: Session) -> None:
-    # The garbage collector is the checkpoints' clock between imports.  Registered at
-    # the program's first import, not at start-up: `python -c pass` never pays for
-    # importing gc, and the exit hook, which needs it anyway, then finds it loaded.
+    # The garbage collector is the checkpoints' clock between imports, registered at the
+    # program's first import: `python -c pass` never imports gc (the exit hook does).
     if session.delay == _NEVER or _collection_hooks:
         return
     import gc
@@ -281,9 +285,8 @@ def _watch_collections(session: Session) -> None:
     next(clock)
     method: Any = type(session.start_up_over)  # types.MethodType, without importing types
 
-    # gc calls hook(phase, info), here getattr(phases, phase, info): C all the way to
-    # the clock's `yield`, so no frame of ours starts outside its try.  "stop" resumes
-    # the clock, once per collection; a finished clock would stay quiet (next()'s default).
+    # gc calls hook(phase, info) = getattr(phases, phase, info): C up to the clock's `yield`
+    # (no frame of ours outside its try); "stop" resumes the clock once per collection.
     class Phases:
         __slots__ = ()
         start = None
@@ -294,13 +297,11 @@ def _watch_collections(session: Session) -> None:
 
 
 def _collection_clock() -> "Generator[int, None, None]":
-    # A signal handler that raises (Ctrl-C; sys.exit() on SIGTERM) during a collection
-    # or a long C call that collects (ast.parse) runs at the first eval-breaker check of
-    # Python code: here the resume after `yield`, or a back-jump, each inside a try: the
-    # exception is raised again in the program.  Escaped into gc, it would be printed and
-    # lost.  A second handler pending (Ctrl-C and SIGTERM at once) raises at the middle
-    # loop's back-jump, caught by the outer try.  gc never nests collections: a checkpoint
-    # from here that allocates never resumes this generator while it runs.
+    # A signal handler that raises (Ctrl-C; sys.exit() on SIGTERM) during a collection runs
+    # at the first eval-breaker check of Python code: the resume after `yield` or a
+    # back-jump, each inside a try: it is raised again in the program (escaped into gc it
+    # would be lost).  A second one pending raises at the middle loop's back-jump, caught
+    # by the outer try.  gc never nests collections: no resume while a checkpoint runs.
     deliver, due, now = _deliver_again, _checkpoint_due, _monotonic  # None at 3.9's teardown
     interrupted: BaseException | None = None
     while True:
@@ -343,10 +344,9 @@ def _checkpoint_due(trigger: str) -> None:
 
 
 def _deliver_again(exc: BaseException) -> None:
-    # After a collection or a cell, where an exception cannot pass: the program's
-    # interrupt (a Ctrl-C, sys.exit() from a signal handler) is raised again at its next
-    # call or return outside popcon-site, by a one-shot profile function (a signal sent
-    # again would run its handler twice).  Under a profiler: SIGINT only.
+    # After a collection or a cell: the program's interrupt (Ctrl-C, sys.exit() from a
+    # handler) is raised again at its next call or return outside popcon-site by a one-shot
+    # profile function (a signal sent again would run its handler twice).  Profiled: SIGINT.
     try:
         if sys.getprofile() is not None:
             if isinstance(exc, KeyboardInterrupt):
@@ -401,6 +401,7 @@ def stop_reporting() -> None:
     if _session is not None:
         _session.finished = True
         _session.due = _NEVER
+        getattr(sys.modules.get(__name__ + "._record"), "discard", _no_note)(_session)
 
 
 def setup_reporter() -> bool:
@@ -433,12 +434,9 @@ def enable_problem(value: str) -> str:
     return f"{ENV_ENABLE}={value[:40]!a} is not one of 1/true/yes/on (0/false/no/off: off)"
 
 
-# What the interpreter's at-fork registry holds.  It keeps its callables until after
-# every module is torn down, so a plain function of this module would keep this
-# module's globals alive, and through them os, sys and most of the module graph: the
-# collection at exit that would have freed them all at once cannot, and tearing
-# them down one by one costs ~0.2 ms here.  So the registered callable is a stub with
-# globals of its own, and _release() empties the list it calls.
+# The at-fork registry keeps its callables past teardown: a function of this module would
+# keep its globals (os, sys, most modules) alive, torn down one by one (~0.2 ms), not at
+# once.  So a stub with globals of its own is registered; _release() empties its list.
 _fork_hooks = []  # type: list[Callable[[], None]]
 
 
@@ -459,6 +457,7 @@ def _after_fork_in_child() -> None:
         session.forget_inherited()
         session.watcher.__class__ = _SteadyWatcher
         session.pid = os.getpid()
+        session.watcher.note = _start_note  # a record of its own, at its first new name
         session.restart_checkpoints()
         # Most forks need nothing more; importing the exit module would cost each one.
         if "multiprocessing.util" not in sys.modules:
@@ -490,7 +489,10 @@ def _at_exit() -> None:
         try:
             # Snapshot before loading the reporter, so that its own imports never count.
             names = session.imported_names()
+            recorder = sys.modules.get(__name__ + "._record")  # loaded when this recorded
+            recorded = recorder is not None and recorder.discard(session)  # before sending
             _exit_module().at_exit(session, names)
+            recorded and recorder.sweep_at_exit()  # type: ignore[union-attr]  # dead ones
         finally:
             if collecting:
                 gc.enable()
@@ -520,11 +522,9 @@ def _exit_module() -> "ModuleType":
 
 
 def _sibling(short: str) -> "ModuleType":
-    # popcon_site._report, _checkpoint...  A regular import would first set up the import
-    # system's finder for this package's directory (a path hook, a directory listing,
-    # stat calls: ~0.2 ms here) to find a file whose path is known, and take the import
-    # lock, which a checkpoint in a garbage collection must not.  The loader that loaded
-    # this file loads its sibling directly instead, bytecode cache included.
+    # popcon_site._report, _checkpoint...  loaded by this file's loader, bytecode cache
+    # included: a regular import would set up a finder for this directory (~0.2 ms here)
+    # and take the import lock, which a checkpoint in a garbage collection must not.
     name = __name__ + "." + short
     module = sys.modules.get(name)
     if module is not None:

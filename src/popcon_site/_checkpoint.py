@@ -222,6 +222,8 @@ def send(session: "Session", config: "Config", lines: "list[str]", safe: bool) -
     address = _address(session, config, safe)
     if address is None:
         return False
+    # Noted in this process's record first: a sweeper never sends these lines again.
+    popcon_site._sibling("_record").note_sent(session, lines, config.prefix, config.reports_name)
     # Distinct users (issue 23): claimed here, once the lines can go out.
     lines = lines + popcon_site._sibling("_users").extra_lines(config, lines)
     if config.protocol == "tcp":

@@ -453,10 +453,8 @@ def attribute_and_send(session: "Session", names: "set[str]") -> str:
         return f"nothing new{earlier}" if earlier else "nothing imported in this subinterpreter"
     summary = ", ".join(sorted(used)) or "no distributions"
     plus = " + reports" if with_reports else ""
-
-    deadline = None
+    deadline, why = None, ""
     address = literal_address(config.host, config.port)
-    why = ""
     if address is None and not is_literal_host(config.host):
         import time
 

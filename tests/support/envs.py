@@ -72,9 +72,14 @@ def enabled(sink: UdpSink, home: Path, **extra: str) -> dict[str, str]:
 def reporting_to(port: int, home: Path, **extra: str) -> dict[str, str]:
     """Environment variables of a process that reports to 127.0.0.1:port, HOME ``home``
     (user counters off, as base_environ says)."""
+    # Records (issue 22): each test's own runtime directory, as a login's would be, beside
+    # HOME (some tests check that HOME stays empty).
+    runtime = home.with_name(home.name + "-run")
+    runtime.mkdir(mode=0o700, parents=True, exist_ok=True)
     values = {
         "HOME": str(home),
         "XDG_CACHE_HOME": str(home / ".cache"),
+        "XDG_RUNTIME_DIR": str(runtime),
         "PYTHON_POPCONTEST_ENABLE": "1",
         "PYTHON_POPCONTEST_STATSD_HOST": "127.0.0.1",
         "PYTHON_POPCONTEST_STATSD_PORT": str(port),

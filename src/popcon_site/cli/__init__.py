@@ -23,7 +23,7 @@ from typing import NoReturn
 import popcon_site
 from popcon_site.cli._output import EXIT_ERROR, CommandError, one_line
 
-COMMANDS = ("status", "which", "watch", "index", "unused", "top", "serve")
+COMMANDS = ("status", "which", "watch", "index", "unused", "top", "serve", "sweep")
 
 
 def run(argv: list[str]) -> int:

@@ -19,7 +19,9 @@ from popcon_site import (
     _hooks,
     _index,
     _installed,
+    _record,
     _resolve,
+    _sweep,
     _users,
     enable_problem,
     is_literal_host,
@@ -73,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
     cache_dir = _index.user_cache_dir()
     now = time.time()
     indexes = [_index_state(d, cache_dir, now, d == user_site) for d in site_dirs]
+    records = _sweep.survey()
 
     data = {
         "python": {
@@ -110,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
         "user_counters": None if config is None else _users.status(config.prefix)[1],
         "system_index_dirs": _index.system_index_dirs(),
         "indexes": indexes,
+        "records": [{"path": path, "state": state} for path, state in records],
     }
     if args.json:
         print_json(data)
@@ -168,6 +172,13 @@ def run(args: argparse.Namespace) -> int:
     for entry in indexes:
         row("index", f"{entry['site_dir']}{' (user site)' if entry['user_site'] else ''}")
         row("", str(entry["summary"]))
+    where = [d for d in _record.directories() if _record.usable(d, create=False)]
+    row("records", "" if where else "none yet (created at a first non-stdlib import)")
+    for directory in where:
+        states = [state for path, state in records if os.path.dirname(path) == directory]
+        live, dead = states.count("live"), states.count("dead")
+        row("", f"{directory}: {live} live, {dead} dead (sent by the next sweep)")
+        rows.extend(["", state] for state in states if state.startswith("refused"))
     print(table(rows, indent=""))
     return EXIT_OK
 
