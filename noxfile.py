@@ -124,6 +124,8 @@ def _ensure_sid(session: nox.Session) -> None:
     # Prometheus 3 and VictoriaMetrics 1.145 for the e2e exact-count tests (e2e runs them
     # from the host: Go binaries that need only libc).
     ready += [SID_ROOT / "usr/bin/prometheus", SID_ROOT / "usr/bin/victoria-metrics"]
+    # libfaketime: tests/test_users.py crosses a month boundary without touching the clock.
+    ready.append(SID_ROOT / "usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
     if all(path.exists() for path in ready):
         return
     if not shutil.which("debootstrap"):
@@ -138,7 +140,7 @@ def _ensure_sid(session: nox.Session) -> None:
     policy.chmod(0o755)
     # A compiler and headers: not every test dependency has wheels for a new Python yet.
     # Debian's own python3 with apt-installed libraries: tests/test_debian_system.py.
-    packages = "gcc libc6-dev prometheus victoria-metrics "
+    packages = "gcc libc6-dev prometheus victoria-metrics faketime "
     packages += "python3-pip python3-yaml python3-numpy python3-requests "
     packages += " ".join(f"python{v} python{v}-venv python{v}-dev" for v in SID_PYTHONS)
     session.run(

@@ -369,6 +369,15 @@ def test_users_code_counts_exactly_and_the_servers_nothing(hub: Hub) -> None:
     assert "popcon-site" not in shown and "Traceback" not in shown, shown
     expected.update(PREFIX + name for name in hub.expected(TERMINAL_IMPORTS))
     expected[REPORTS_NAME] += 1
+    # Distinct users (on by default): each real user once per library they imported this
+    # month, and once for themselves; their homes are new, so nothing was claimed before.
+    per_user: dict[str, set[str]] = {}
+    for user, code in CELLS.items():
+        per_user.setdefault(user, set()).update(hub.expected(code))
+    per_user[USERS[0]].update(hub.expected(TERMINAL_IMPORTS))
+    for names in per_user.values():
+        expected.update(f"python_popcon.library_users.{name}" for name in names)
+        expected["python_popcon.users"] += 1
     # The oracle's sets, so that a reader sees what the hub counts.
     assert hub.expected(CELLS["popconann"]) == {"pyyaml", "six"}
     assert hub.expected(CELLS["popconbob"]) >= {"arrow", "python-dateutil"}
