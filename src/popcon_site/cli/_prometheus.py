@@ -45,7 +45,7 @@ def count_expr(metric: str, matchers: str, seconds: float, by: str = "") -> str:
     """PromQL for the processes a counter counted in the window: exact integers.
 
     ``increase()`` is not used where it can be avoided: it extrapolates to the window's
-    edges (one zipp import read 1.16 on Prometheus 3.5) and takes a series' first
+    edges (one import reads more than 1 on Prometheus 3) and takes a series' first
     sample as its starting point (the first import after an exporter start read 0 on
     Prometheus 2.42).  Per series, without a counter reset in the window (and the
     lookback before it): the last value minus the value at the window's start, or
@@ -173,17 +173,14 @@ class Query:
 
     def libraries(self) -> dict[str, float]:
         """Processes that imported each library in the window (normalized names)."""
-        expr = count_expr(LIBRARY_METRIC, self.matchers(), self.seconds, by="library")
-        result: dict[str, float] = {}
-        for sample in self.vector(expr):
-            name = normalize_name(str(sample["metric"].get("library", "")))
-            if name:
-                result[name] = result.get(name, 0.0) + _value(sample)
-        return result
+        return self._per_library(LIBRARY_METRIC)
 
     def library_users(self) -> dict[str, float]:
         """Distinct users who imported each library in the window (user-months)."""
-        expr = count_expr(LIBRARY_USERS_METRIC, self.matchers(), self.seconds, by="library")
+        return self._per_library(LIBRARY_USERS_METRIC)
+
+    def _per_library(self, metric: str) -> dict[str, float]:
+        expr = count_expr(metric, self.matchers(), self.seconds, by="library")
         result: dict[str, float] = {}
         for sample in self.vector(expr):
             name = normalize_name(str(sample["metric"].get("library", "")))
